@@ -1,0 +1,481 @@
+"""
+Control of the host's Postfix: facts, main.cf, the SMTP listener and the service.
+
+The checks here run on every apply, so they are done in Python (reading files)
+wherever that is exact, and spawn Postfix commands only to change something.
+
+Any Postfix command that reads a main.cf written less than ~2 s ago first sleeps
+about 1.8 s (Postfix waits for files that may still be being written). main.cf is
+replaced atomically by rename, so it is never half-written: its mtime is set two
+seconds back so the commands that follow the write don't pay that sleep.
+
+CLI Example:
+
+.. code-block:: bash
+
+    salt-call postfix_control.facts
+    salt-call postfix_control.status
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import time
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "postfix_control"
+
+HEADER = (
+    "# Managed by Salt (postfix_relay formula). Local changes are overwritten;\n"
+    "# set extra parameters in the pillar key postfix_relay:main_cf instead.\n"
+)
+_UNUSED = re.compile(r"unused parameter: ([a-z0-9_]+)=")
+BACKUP_SUFFIX = ".pre-postfix_relay"
+_RESTART_PARAMS = ("inet_interfaces", "inet_protocols")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _run(argv, **kwargs):
+    return __salt__["cmd.run_all"](argv, python_shell=False, ignore_retcode=True,
+                                   output_loglevel="quiet", **kwargs)
+
+
+def _backdate(path):
+    """Set path's times 2 s back so Postfix does not wait for it to settle."""
+    then = time.time() - 2.5
+    os.utime(path, (then, then))
+
+
+@contextlib.contextmanager
+def _config_dir_for(config_dir):
+    """Yield a config dir Postfix can read even before main.cf exists."""
+    if os.path.exists(os.path.join(config_dir, "main.cf")):
+        yield config_dir
+        return
+    tmp = tempfile.mkdtemp(prefix="postfix_relay.")
+    try:
+        path = os.path.join(tmp, "main.cf")
+        open(path, "w").close()
+        _backdate(path)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def facts(config_dir="/etc/postfix"):
+    """
+    Facts about the installed Postfix that the formula depends on.
+
+    Returns mail_version, default_database_type, map_types (``postconf -m``),
+    queue_directory and config_dir. Cached for the rest of the run.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.facts
+    """
+    key = f"postfix_control.facts:{config_dir}"
+    if key in __context__:
+        return dict(__context__[key])
+    if not shutil.which("postconf"):
+        raise CommandExecutionError("postconf not found: is Postfix installed?")
+    with _config_dir_for(config_dir) as readable:
+        names = ["mail_version", "default_database_type", "queue_directory"]
+        res = _run(["postconf", "-c", readable, "-d", "-h"] + names)
+        maps = _run(["postconf", "-c", readable, "-m"])
+    if res["retcode"] or maps["retcode"]:
+        raise CommandExecutionError(f"postconf failed: {res['stderr'] or maps['stderr']}")
+    result = dict(zip(names, res["stdout"].splitlines()))
+    result["map_types"] = maps["stdout"].split()
+    result["config_dir"] = config_dir
+    __context__[key] = result
+    return dict(result)
+
+
+def compatibility_level(mail_version):
+    """The newest compatibility level the installed Postfix knows.
+
+    Postfix does not print it (`postconf -d compatibility_level` says 0), so it
+    follows from the release: 3.6 introduced level 3.6, 3.0 level 2.
+    """
+    try:
+        major, minor = (int(x) for x in str(mail_version).split(".")[:2])
+    except ValueError:
+        return "2"
+    if (major, minor) >= (3, 6):
+        return "3.6"
+    return "2" if major >= 3 else "1"
+
+
+def complete_params(params, config_dir="/etc/postfix"):
+    """params with the host's own compatibility_level first, unless set."""
+    if "compatibility_level" in params:
+        return dict(params)
+    level = compatibility_level(facts(config_dir)["mail_version"])
+    return {"compatibility_level": level, **params}
+
+
+def render_main_cf(params):
+    """Render a params dict as main.cf text (one ``name = value`` line each)."""
+    lines = [HEADER]
+    lines.extend(f"{name} = {value}".rstrip() + "\n" for name, value in params.items())
+    return "".join(lines)
+
+
+def parse_main_cf(text):
+    """Parse main.cf text into a dict (continuation lines joined)."""
+    params, name = {}, None
+    for line in (text or "").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace() and name:
+            params[name] = f"{params[name]} {line.strip()}".strip()
+            continue
+        name, _, value = line.partition("=")
+        name = name.strip()
+        params[name] = value.strip()
+    return params
+
+
+def read_file(path):
+    """Return a file's text, or None when it does not exist."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def diff_params(old_text, new_params):
+    """The parameters that differ, as {name: {"old": .., "new": ..}}."""
+    old = parse_main_cf(old_text)
+    new = {k: str(v) for k, v in new_params.items()}
+    changes = {}
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) != new.get(name):
+            changes[name] = {"old": old.get(name), "new": new.get(name)}
+    return changes
+
+
+def check_main_cf(text, config_dir="/etc/postfix"):
+    """
+    Check candidate main.cf text with Postfix itself before it goes live.
+
+    The candidate is written to a private directory beside a copy of the live
+    master.cf, then ``postconf -n`` and ``postfix check`` read it there. Unknown
+    parameters and anything Postfix calls fatal are returned as problems.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.check_main_cf "$(cat /etc/postfix/main.cf)"
+    """
+    tmp = tempfile.mkdtemp(prefix="postfix_relay.check.")
+    try:
+        os.chmod(tmp, 0o755)
+        path = os.path.join(tmp, "main.cf")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        _backdate(path)
+        master = os.path.join(config_dir, "master.cf")
+        if os.path.exists(master):
+            shutil.copy(master, os.path.join(tmp, "master.cf"))
+        problems = []
+        res = _run(["postconf", "-c", tmp, "-n"])
+        for name in sorted(set(_UNUSED.findall(res["stderr"]))):
+            problems.append(f"main_cf:{name}: Postfix does not know this parameter")
+        if res["retcode"]:
+            problems.append(f"postconf rejects the new main.cf: {res['stderr'].strip()}")
+        if not problems:
+            chk = _run(["postfix", "-c", tmp, "check"])
+            if chk["retcode"]:
+                problems.append(f"postfix check failed: {chk['stderr'].strip()}")
+        return problems
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_atomic(path, text, mode=0o644):
+    """Write text to path through a temp file and a rename; backdate its mtime."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".postfix_relay.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        _backdate(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def install_main_cf(params, config_dir="/etc/postfix"):
+    """
+    Check and install main.cf for the given params; return the changed params.
+
+    Nothing is written when Postfix rejects the candidate.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.install_main_cf '{"relayhost": "[smtp.example.net]:587"}'
+    """
+    path = os.path.join(config_dir, "main.cf")
+    text = render_main_cf(params)
+    old = read_file(path)
+    if old == text:
+        return {}
+    problems = check_main_cf(text, config_dir)
+    if problems:
+        raise CommandExecutionError("; ".join(problems))
+    backup = path + BACKUP_SUFFIX
+    if old is not None and not old.startswith(HEADER) and not os.path.exists(backup):
+        # Keep the pre-formula main.cf once, for clean.sls to restore.
+        write_atomic(backup, old)
+    write_atomic(path, text)
+    return diff_params(old, params)
+
+
+def restore_main_cf(config_dir="/etc/postfix", dist_main_cf=None, test=False):
+    """
+    Put back the main.cf from before the formula (clean.sls).
+
+    The copy saved at the first apply wins; without one the distro's template
+    is used, kept on loopback so removing the relay never opens port 25 to
+    the network. Returns a description of what changed, or None.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.restore_main_cf
+    """
+    path = os.path.join(config_dir, "main.cf")
+    current = read_file(path)
+    if current is not None and not current.startswith(HEADER):
+        return None
+    backup = path + BACKUP_SUFFIX
+    saved = read_file(backup)
+    if saved is not None:
+        text, origin = saved, backup
+    else:
+        template = read_file(dist_main_cf) if dist_main_cf else None
+        text = (template or "") + "\n# Set by postfix_relay clean: local only.\n" \
+            "inet_interfaces = loopback-only\n"
+        origin = dist_main_cf or "Postfix defaults"
+    if test:
+        return f"main.cf would be restored from {origin}"
+    problems = check_main_cf(text, config_dir)
+    if problems:
+        raise CommandExecutionError("; ".join(problems))
+    write_atomic(path, text)
+    if saved is not None:
+        os.unlink(backup)
+    return f"main.cf restored from {origin}"
+
+
+def _master_entries(config_dir):
+    """Active master.cf entries as (service, type, fields) tuples."""
+    text = read_file(os.path.join(config_dir, "master.cf")) or ""
+    entries, current = [], None
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line[0].isspace() and current:
+            current.extend(line.split())
+            continue
+        current = line.split()
+        entries.append(current)
+    return entries
+
+
+def smtpd_listening(config_dir="/etc/postfix"):
+    """
+    True when master.cf runs an SMTP server on port 25 (``smtp inet ...``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.smtpd_listening
+    """
+    for fields in _master_entries(config_dir):
+        if len(fields) > 1 and fields[1] == "inet" and \
+                fields[0].rpartition(":")[2] in ("smtp", "25"):
+            return True
+    return False
+
+
+def set_smtpd_listener(enabled, chroot="y", config_dir="/etc/postfix"):
+    """
+    Turn the port-25 SMTP listener in master.cf on or off with ``postconf -M``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.set_smtpd_listener False
+    """
+    if enabled:
+        argv = ["postconf", "-c", config_dir, "-M",
+                f"smtp/inet=smtp inet n - {chroot} - - smtpd"]
+    else:
+        argv = ["postconf", "-c", config_dir, "-M#", "smtp/inet"]
+    res = _run(argv)
+    if res["retcode"]:
+        raise CommandExecutionError(f"postconf -M failed: {res['stderr'].strip()}")
+    return True
+
+
+def init_managed():
+    """
+    True when an init system runs and Salt's service module can drive it.
+
+    Without one (containers, chroots, this CI: Salt's systemd module says
+    "OFFLINE mode"), the formula drives Postfix with ``postfix start|reload``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.init_managed
+    """
+    if "service.start" not in __salt__:
+        return False
+    offline = __salt__.get("service.offline")
+    return not (offline and offline())
+
+
+def _master_pid(queue_directory):
+    pid_file = os.path.join(queue_directory, "pid", "master.pid")
+    try:
+        with open(pid_file, encoding="ascii") as handle:
+            pid = int(handle.read().strip())
+        with open(f"/proc/{pid}/comm", encoding="ascii") as handle:
+            if handle.read().strip() == "master":
+                return pid
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def status(config_dir="/etc/postfix"):
+    """
+    True when the Postfix master process runs (read from its pid file).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.status
+    """
+    if init_managed():
+        return bool(__salt__["service.status"]("postfix"))
+    return _master_pid(facts(config_dir)["queue_directory"]) is not None
+
+
+def _postfix(action, config_dir):
+    res = _run(["postfix", "-c", config_dir, action])
+    if res["retcode"]:
+        raise CommandExecutionError(
+            f"postfix {action} failed: {(res['stderr'] or res['stdout']).strip()}")
+    return True
+
+
+def _prepare_chroot(config_dir, prestart):
+    """Run the distro's pre-start helper (Debian copies resolv.conf etc. into
+    the smtp chroot), as its init script would."""
+    if prestart and os.path.exists(prestart[0]):
+        res = _run(list(prestart), env={"MAIL_CONFIG": config_dir})
+        if res["retcode"]:
+            raise CommandExecutionError(f"{prestart[0]} failed: {res['stderr'].strip()}")
+
+
+def start(config_dir="/etc/postfix", prestart=None):
+    """
+    Start Postfix through the init system, or with ``postfix start`` without one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.start
+    """
+    if init_managed():
+        return __salt__["service.start"]("postfix")
+    _prepare_chroot(config_dir, prestart)
+    return _postfix("start", config_dir)
+
+
+def reload(config_dir="/etc/postfix", prestart=None):
+    """
+    Reload Postfix (re-reads main.cf and master.cf; the queue is kept).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.reload
+    """
+    if init_managed():
+        return __salt__["service.reload"]("postfix")
+    _prepare_chroot(config_dir, prestart)
+    return _postfix("reload", config_dir)
+
+
+def stop(config_dir="/etc/postfix", timeout=30):
+    """
+    Stop Postfix and wait for the master process to exit. Queued mail stays queued.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.stop
+    """
+    if init_managed():
+        return __salt__["service.stop"]("postfix")
+    queue = facts(config_dir)["queue_directory"]
+    if _master_pid(queue) is None:
+        return True
+    _postfix("stop", config_dir)
+    deadline = time.monotonic() + timeout
+    while _master_pid(queue) is not None:
+        if time.monotonic() > deadline:
+            raise CommandExecutionError("postfix stop: master did not exit in time")
+        time.sleep(0.05)
+    return True
+
+
+def restart(config_dir="/etc/postfix", prestart=None):
+    """
+    Stop and start Postfix (needed when inet_interfaces changes).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.restart
+    """
+    if init_managed():
+        return __salt__["service.restart"]("postfix")
+    stop(config_dir)
+    return start(config_dir, prestart)
+
+
+def needs_restart(changes):
+    """True when a change to these main.cf params needs a stop/start, not a reload."""
+    return any(name in _RESTART_PARAMS for name in changes or {})

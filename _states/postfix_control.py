@@ -1,0 +1,193 @@
+"""
+States for the host's Postfix: main.cf, the SMTP listener and the service.
+
+.. code-block:: yaml
+
+    postfix-relay-config-main-cf:
+      postfix_control.main_cf:
+        - params:
+            relayhost: "[smtp.example.net]:587"
+            inet_interfaces: loopback-only
+
+    postfix-relay-service:
+      postfix_control.running:
+        - watch:
+          - postfix_control: postfix-relay-config-main-cf
+
+The work is done by the ``postfix_control`` execution module; these functions
+decide and report. ``running`` works with and without an init system: where
+none runs (Salt reports "OFFLINE mode"), it drives ``postfix start|reload``.
+"""
+
+__virtualname__ = "postfix_control"
+
+
+def __virtual__():
+    if "postfix_control.facts" in __salt__:
+        return __virtualname__
+    return (False, "the postfix_control execution module is not available")
+
+
+def _ret(name):
+    return {"name": name, "changes": {}, "result": True, "comment": ""}
+
+
+def main_cf(name, params, config_dir="/etc/postfix"):
+    """
+    Own main.cf completely: exactly ``params``, checked by Postfix before it
+    replaces the live file. Changes list the parameters with old and new values.
+
+    name
+        The path of main.cf (informational; the file is config_dir/main.cf).
+    params
+        Mapping of parameter name to value, in the order to write them.
+    """
+    ret = _ret(name)
+    mod = __salt__
+    # The host's own compatibility level, read now: Postfix may have been
+    # installed by this very run.
+    params = mod["postfix_control.complete_params"](params, config_dir)
+    old = mod["postfix_control.read_file"](f"{config_dir}/main.cf")
+    if old == mod["postfix_control.render_main_cf"](params):
+        ret["comment"] = "main.cf is in the desired state"
+        return ret
+    changes = mod["postfix_control.diff_params"](old, params)
+    if __opts__["test"]:
+        problems = mod["postfix_control.check_main_cf"](
+            mod["postfix_control.render_main_cf"](params), config_dir)
+        ret["result"] = False if problems else None
+        ret["changes"] = changes
+        ret["comment"] = "; ".join(problems) or \
+            f"main.cf would change: {', '.join(changes) or 'formatting'}"
+        return ret
+    try:
+        mod["postfix_control.install_main_cf"](params, config_dir)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret["result"] = False
+        ret["comment"] = f"main.cf left unchanged: {exc}"
+        return ret
+    ret["changes"] = changes or {"main.cf": "rewritten (formatting only)"}
+    ret["comment"] = f"main.cf updated: {', '.join(changes) or 'formatting'}"
+    return ret
+
+
+def main_cf_restored(name, config_dir="/etc/postfix", dist_main_cf=None):
+    """
+    Undo ``main_cf``: restore the main.cf saved before the formula's first
+    apply, or the distro's template (kept on loopback).
+    """
+    ret = _ret(name)
+    try:
+        what = __salt__["postfix_control.restore_main_cf"](
+            config_dir, dist_main_cf, test=__opts__["test"])
+    except Exception as exc:  # pylint: disable=broad-except
+        ret.update(result=False, comment=f"main.cf left unchanged: {exc}")
+        return ret
+    if what is None:
+        ret["comment"] = "main.cf is not managed by postfix_relay"
+        return ret
+    ret["changes"] = {"main.cf": what}
+    ret["result"] = None if __opts__["test"] else True
+    ret["comment"] = what
+    return ret
+
+
+def smtpd_listener(name, enabled=True, chroot="y", config_dir="/etc/postfix"):
+    """
+    Keep the port-25 SMTP listener in master.cf on (``enabled``) or off.
+
+    A null client that only takes mail from ``sendmail`` needs no listener.
+    """
+    ret = _ret(name)
+    current = __salt__["postfix_control.smtpd_listening"](config_dir)
+    if current == enabled:
+        ret["comment"] = f"SMTP listener already {'on' if enabled else 'off'}"
+        return ret
+    ret["changes"] = {"smtpd_listener": {"old": current, "new": enabled}}
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["comment"] = f"SMTP listener would be turned {'on' if enabled else 'off'}"
+        return ret
+    __salt__["postfix_control.set_smtpd_listener"](enabled, chroot, config_dir)
+    ret["comment"] = f"SMTP listener turned {'on' if enabled else 'off'}"
+    return ret
+
+
+def _enable(ret, enable):
+    """Enable at boot where an init system's tools exist (works offline too)."""
+    if not enable or "service.enabled" not in __salt__:
+        return
+    try:
+        if __salt__["service.enabled"]("postfix"):
+            return
+        if __opts__["test"]:
+            ret["changes"]["enabled"] = True
+            return
+        __salt__["service.enable"]("postfix")
+        ret["changes"]["enabled"] = True
+    except Exception as exc:  # pylint: disable=broad-except
+        ret["comment"] += f" (could not enable at boot: {exc})"
+
+
+def running(name="postfix", enable=True, config_dir="/etc/postfix", prestart=None):
+    """
+    Keep Postfix running (and enabled at boot).
+
+    With ``watch``, a change reloads Postfix, or restarts it when
+    inet_interfaces/inet_protocols or the SMTP listener changed.
+
+    prestart
+        Command (argv list) run before starting without an init system, as the
+        distro's init script would (Debian: configure-instance.sh).
+    """
+    ret = _ret(name)
+    mod = __salt__
+    _enable(ret, enable)
+    if mod["postfix_control.status"](config_dir):
+        ret["comment"] = ("Postfix is running" + ret["comment"]).strip()
+        return ret
+    ret["changes"]["running"] = True
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["comment"] = "Postfix would be started"
+        return ret
+    try:
+        mod["postfix_control.start"](config_dir, prestart)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret.update(result=False, changes={}, comment=f"Postfix did not start: {exc}")
+        return ret
+    how = "by init system" if mod["postfix_control.init_managed"]() else \
+        "with `postfix start` (no init system running)"
+    ret["comment"] = f"Postfix started {how}{ret['comment']}"
+    return ret
+
+
+def _watched_changes():
+    """All changes of the states this one watches (from the running state data)."""
+    changes = {}
+    for req in (__low__.get("__reqs__") or {}).get("watch", []):
+        for tag, result in __running__.items():
+            if f"_|-{req['__id__']}_|-" in tag and isinstance(result.get("changes"), dict):
+                changes.update(result["changes"])
+    return changes
+
+
+def mod_watch(name, sfun=None, config_dir="/etc/postfix", prestart=None, **kwargs):
+    """Reload (or restart for listener changes) after a watched state changed."""
+    ret = _ret(name)
+    changes = _watched_changes()
+    restart = "smtpd_listener" in changes or \
+        __salt__["postfix_control.needs_restart"](changes)
+    action = "restart" if restart else "reload"
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["comment"] = f"Postfix would {action}"
+        return ret
+    try:
+        __salt__[f"postfix_control.{action}"](config_dir, prestart)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret.update(result=False, comment=f"Postfix {action} failed: {exc}")
+        return ret
+    ret["changes"] = {action: True}
+    ret["comment"] = "Postfix restarted" if restart else "Postfix reloaded"
+    return ret

@@ -1,0 +1,40 @@
+{#- Undoes init.sls in reverse: Postfix back to the main.cf from before the
+    formula (or the distro's), secrets and managed tables removed. Postfix stays
+    installed and running, delivering locally. -#}
+{%- from "postfix_relay/map.jinja" import postfix_relay with context %}
+{%- set conf = postfix_relay.lookup.config_dir %}
+{#- Table paths only: clean works even when the pillar is gone or invalid. #}
+{%- set tables = salt["postfix_relay_settings.table_paths"](conf) %}
+
+postfix-relay-clean-main-cf:
+  postfix_control.main_cf_restored:
+    - name: {{ conf }}/main.cf
+    - config_dir: {{ conf }}
+    - dist_main_cf: {{ postfix_relay.lookup.dist_main_cf | json }}
+
+postfix-relay-clean-smtpd-listener:
+  postfix_control.smtpd_listener:
+    - name: {{ conf }}/master.cf
+    - enabled: true
+    - chroot: {{ postfix_relay.lookup.smtpd_chroot | json }}
+    - config_dir: {{ conf }}
+
+{%- for id, path in [("password-table", tables.password), ("reply-to", tables.reply_to), ("recipients", tables.recipients)] %}
+
+postfix-relay-clean-{{ id }}:
+  postmap.absent:
+    - name: {{ path }}
+    - config_dir: {{ conf }}
+    - require:
+      - postfix_control: postfix-relay-clean-main-cf
+{%- endfor %}
+
+postfix-relay-clean-service:
+  postfix_control.running:
+    - name: postfix
+    - enable: true
+    - config_dir: {{ conf }}
+    - prestart: {{ postfix_relay.lookup.prestart | json }}
+    - watch:
+      - postfix_control: postfix-relay-clean-main-cf
+      - postfix_control: postfix-relay-clean-smtpd-listener

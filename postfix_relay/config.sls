@@ -1,0 +1,104 @@
+{%- from "postfix_relay/map.jinja" import postfix_relay with context %}
+{#- Validates the whole pillar while rendering: a bad value stops the run here,
+    before any state has changed the host. #}
+{%- set s = salt["postfix_relay_settings.get"](lookup=postfix_relay.lookup) %}
+{%- set conf = postfix_relay.lookup.config_dir %}
+
+include:
+  - postfix_relay.package
+
+{%- if s.sasl %}
+
+postfix-relay-config-sasl-dir:
+  file.directory:
+    - name: {{ s.sasl_dir }}
+    - user: root
+    - mode: "0755"
+    - require:
+      - pkg: postfix-relay-package-installed
+{%- endif %}
+
+postfix-relay-config-password-table:
+{%- if s.sasl %}
+  postmap.managed:
+    - name: {{ s.tables.password }}
+    - entries: {{ s.password_entries | json }}
+    {%- if s.map_type %}
+    - map_type: {{ s.map_type }}
+    {%- endif %}
+    - mode: "0600"
+    - secret: true
+    - config_dir: {{ conf }}
+    - require:
+      - file: postfix-relay-config-sasl-dir
+{%- else %}
+  postmap.absent:
+    - name: {{ s.tables.password }}
+    - config_dir: {{ conf }}
+{%- endif %}
+    - require:
+      - pkg: postfix-relay-package-installed
+
+postfix-relay-config-reply-to:
+{%- if s.reply_to %}
+  postmap.managed:
+    - name: {{ s.tables.reply_to }}
+    - contents: {{ s.reply_to_rules | json }}
+    - map_type: regexp
+    - mode: "0644"
+    - config_dir: {{ conf }}
+{%- else %}
+  postmap.absent:
+    - name: {{ s.tables.reply_to }}
+    - map_type: regexp
+    - config_dir: {{ conf }}
+{%- endif %}
+    - require:
+      - pkg: postfix-relay-package-installed
+
+postfix-relay-config-recipients:
+{%- if s.recipient_mode == "local" %}
+  postmap.managed:
+    - name: {{ s.tables.recipients }}
+    - contents: {{ s.recipient_rules | json }}
+    - map_type: regexp
+    - mode: "0644"
+    - config_dir: {{ conf }}
+{%- else %}
+  postmap.absent:
+    - name: {{ s.tables.recipients }}
+    - map_type: regexp
+    - config_dir: {{ conf }}
+{%- endif %}
+    - require:
+      - pkg: postfix-relay-package-installed
+
+{%- if postfix_relay.lookup.mailname_file %}
+
+postfix-relay-config-mailname:
+  file.managed:
+    - name: {{ postfix_relay.lookup.mailname_file }}
+    - contents: {{ s.domain }}
+    - mode: "0644"
+{%- endif %}
+
+postfix-relay-config-smtpd-listener:
+  postfix_control.smtpd_listener:
+    - name: {{ conf }}/master.cf
+    - enabled: {{ s.listen == "loopback" }}
+    - chroot: {{ postfix_relay.lookup.smtpd_chroot | json }}
+    - config_dir: {{ conf }}
+    - require:
+      - pkg: postfix-relay-package-installed
+
+postfix-relay-config-main-cf:
+  postfix_control.main_cf:
+    - name: {{ conf }}/main.cf
+    - params: {{ s.main_cf | json }}
+    - config_dir: {{ conf }}
+    - require:
+      - pkg: postfix-relay-package-installed
+      # tables first: main.cf never names a table that does not exist yet
+      - postmap: postfix-relay-config-password-table
+      - postmap: postfix-relay-config-reply-to
+      - postmap: postfix-relay-config-recipients

@@ -1,0 +1,5 @@
+# Postfix as a null client relaying through an authenticated smarthost.
+include:
+  - postfix_relay.package
+  - postfix_relay.config
+  - postfix_relay.service

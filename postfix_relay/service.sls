@@ -1,0 +1,17 @@
+{%- from "postfix_relay/map.jinja" import postfix_relay with context %}
+
+include:
+  - postfix_relay.config
+
+postfix-relay-service-running:
+  postfix_control.running:
+    - name: postfix
+    - enable: true
+    - config_dir: {{ postfix_relay.lookup.config_dir }}
+    - prestart: {{ postfix_relay.lookup.prestart | json }}
+    - watch:
+      - postfix_control: postfix-relay-config-main-cf
+      - postfix_control: postfix-relay-config-smtpd-listener
+      - postmap: postfix-relay-config-password-table
+      - postmap: postfix-relay-config-reply-to
+      - postmap: postfix-relay-config-recipients
