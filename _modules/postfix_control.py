@@ -18,6 +18,7 @@ CLI Example:
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -68,12 +69,31 @@ def _config_dir_for(config_dir):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _facts_key(config_dir):
+    """What the facts depend on: the postconf binary and the dynamic map list."""
+    parts = []
+    for path in (shutil.which("postconf"), os.path.join(config_dir, "dynamicmaps.cf"),
+                 os.path.join(config_dir, "dynamicmaps.cf.d")):
+        try:
+            st = os.stat(path)
+            parts.append(f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+        except (OSError, TypeError):
+            parts.append(f"{path}:-")
+    return "|".join(parts)
+
+
+def _facts_cache_file():
+    return os.path.join(__opts__.get("cachedir", "/var/cache/salt"), "postfix_relay", "facts.json")
+
+
 def facts(config_dir="/etc/postfix"):
     """
     Facts about the installed Postfix that the formula depends on.
 
     Returns mail_version, default_database_type, map_types (``postconf -m``),
-    queue_directory and config_dir. Cached for the rest of the run.
+    queue_directory and config_dir. They change only with the Postfix package,
+    so they are cached on disk, keyed by the postconf binary and the dynamic
+    map list: a no-op apply spawns no postconf.
 
     CLI Example:
 
@@ -81,9 +101,26 @@ def facts(config_dir="/etc/postfix"):
 
         salt-call postfix_control.facts
     """
-    key = f"postfix_control.facts:{config_dir}"
-    if key in __context__:
-        return dict(__context__[key])
+    key = _facts_key(config_dir)
+    cached = __context__.get("postfix_control.facts", {})
+    if cached.get("key") == key:
+        return dict(cached["facts"])
+    cache_file = _facts_cache_file()
+    try:
+        with open(cache_file, encoding="utf-8") as handle:
+            cached = json.load(handle)
+    except (OSError, ValueError):
+        cached = {}
+    if cached.get("key") != key:
+        cached = {"key": key, "facts": _read_facts(config_dir)}
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+            write_atomic(cache_file, json.dumps(cached), backdate=False)
+    __context__["postfix_control.facts"] = cached
+    return dict(cached["facts"])
+
+
+def _read_facts(config_dir):
     if not shutil.which("postconf"):
         raise CommandExecutionError("postconf not found: is Postfix installed?")
     with _config_dir_for(config_dir) as readable:
@@ -95,8 +132,7 @@ def facts(config_dir="/etc/postfix"):
     result = dict(zip(names, res["stdout"].splitlines()))
     result["map_types"] = maps["stdout"].split()
     result["config_dir"] = config_dir
-    __context__[key] = result
-    return dict(result)
+    return result
 
 
 def compatibility_level(mail_version):
@@ -203,7 +239,7 @@ def check_main_cf(text, config_dir="/etc/postfix"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_atomic(path, text, mode=0o644):
+def write_atomic(path, text, mode=0o644, backdate=True):
     """Write text to path through a temp file and a rename; backdate its mtime."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".postfix_relay.", dir=directory)
@@ -213,7 +249,8 @@ def write_atomic(path, text, mode=0o644):
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
-        _backdate(tmp)
+        if backdate:
+            _backdate(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -357,6 +394,47 @@ def init_managed():
         return False
     offline = __salt__.get("service.offline")
     return not (offline and offline())
+
+
+def enabled():
+    """
+    True when Postfix starts at boot; None where no init system is installed.
+
+    Without a running init system, ``systemctl is-enabled`` still answers from
+    the unit files (images and containers that boot later keep the setting).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.enabled
+    """
+    if init_managed():
+        return bool(__salt__["service.enabled"]("postfix"))
+    if not shutil.which("systemctl"):
+        return None
+    # Fast path, no spawn: the symlink `systemctl enable` makes (Debian's unit).
+    if os.path.exists("/etc/systemd/system/multi-user.target.wants/postfix.service"):
+        return True
+    return _run(["systemctl", "is-enabled", "--quiet", "postfix"])["retcode"] == 0
+
+
+def enable():
+    """
+    Enable Postfix at boot (offline too, through the unit files).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.enable
+    """
+    if init_managed():
+        return bool(__salt__["service.enable"]("postfix"))
+    res = _run(["systemctl", "enable", "--quiet", "postfix"])
+    if res["retcode"]:
+        raise CommandExecutionError(f"systemctl enable postfix failed: {res['stderr'].strip()}")
+    return True
 
 
 def _master_pid(queue_directory):

@@ -428,12 +428,63 @@ def _host_facts(lookup):
     }
 
 
-def get(pillar=None, lookup=None):
+def _merge(base, over):
+    """Recursive dict merge; lists and scalars in ``over`` replace."""
+    merged = dict(base)
+    for key, value in (over or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def lookup(saltenv="base"):
+    """
+    The formula's per-OS values: defaults.yaml < osfamilymap.yaml (by the
+    os_family grain) < pillar ``postfix_relay:lookup``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay_settings.lookup
+    """
+    key = f"postfix_relay_settings.lookup:{saltenv}"
+    if key not in __context__:
+        import salt.utils.yaml  # pylint: disable=import-outside-toplevel
+
+        def load(name):
+            text = __salt__["cp.get_file_str"](f"salt://postfix_relay/{name}", saltenv=saltenv)
+            return salt.utils.yaml.safe_load(text or "") or {}
+
+        merged = _merge(load("defaults.yaml").get("lookup", {}),
+                        load("osfamilymap.yaml").get(__grains__.get("os_family"), {}))
+        pillar_lookup = (__pillar__.get(PILLAR_ROOT) or {}).get("lookup") or {}
+        if not isinstance(pillar_lookup, dict):
+            _fail("lookup", "must be a mapping (see postfix_relay/osfamilymap.yaml)")
+        __context__[key] = _merge(merged, pillar_lookup)
+    return dict(__context__[key])
+
+
+def redact(result):
+    """The settings without the password (what a CLI call may show)."""
+    shown = dict(result)
+    shown["password_entries"] = {
+        key: value.split(":", 1)[0] + ":********"
+        for key, value in result["password_entries"].items()
+    }
+    return shown
+
+
+def get(pillar=None, lookup=None, show_secrets=False):
     """
     Validate the ``postfix_relay`` pillar and return the normalised settings.
 
     Raises an error naming the pillar key when a value is refused. ``lookup``
-    is the formula's os_family map (config_dir, ca_bundle).
+    is the formula's os_family map (config_dir, ca_bundle). The password is
+    masked unless ``show_secrets`` is true (only the SLS asks for it, while
+    rendering on the minion; it never reaches a job return).
 
     CLI Example:
 
@@ -445,4 +496,5 @@ def get(pillar=None, lookup=None):
         pillar = __pillar__.get(PILLAR_ROOT)
     if isinstance(pillar, dict):
         pillar = {k: v for k, v in pillar.items() if k != "lookup"}
-    return normalise(pillar, __grains__, _host_facts(lookup or {}))
+    result = normalise(pillar, __grains__, _host_facts(lookup or {}))
+    return result if show_secrets else redact(result)

@@ -114,18 +114,17 @@ def smtpd_listener(name, enabled=True, chroot="y", config_dir="/etc/postfix"):
 
 
 def _enable(ret, enable):
-    """Enable at boot where an init system's tools exist (works offline too)."""
-    if not enable or "service.enabled" not in __salt__:
+    """Enable at boot where an init system is installed (works offline too)."""
+    if not enable:
         return
     try:
-        if __salt__["service.enabled"]("postfix"):
+        if __salt__["postfix_control.enabled"]() in (True, None):
             return
-        if __opts__["test"]:
-            ret["changes"]["enabled"] = True
-            return
-        __salt__["service.enable"]("postfix")
         ret["changes"]["enabled"] = True
+        if not __opts__["test"]:
+            __salt__["postfix_control.enable"]()
     except Exception as exc:  # pylint: disable=broad-except
+        ret["changes"].pop("enabled", None)
         ret["comment"] += f" (could not enable at boot: {exc})"
 
 
