@@ -1,22 +1,6 @@
-"""Shared test helpers: paths and loading the formula's modules as plain Python."""
+"""Root conftest: makes test/ importable (relay.py, helpers.py) for every suite."""
 
-import importlib.util
 import pathlib
+import sys
 
-import pytest
-
-REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-def load_module(relpath, name=None):
-    """Import one of the formula's Salt modules by path (no Salt loader)."""
-    path = REPO / relpath
-    spec = importlib.util.spec_from_file_location(name or path.stem + "_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def repo():
-    return REPO
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import load_module
+from helpers import load_module
 
 settings = load_module("_modules/postfix_relay_settings.py")
 GRAINS = {"fqdn": "pi.example.org", "host": "pi", "os_family": "Debian"}
