@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
@@ -38,6 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 ALL_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+# aiosmtpd itself still sets the deprecated attribute on every AUTH.
+warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 
 
 def make_certs(cert_dir, hostname):

@@ -99,7 +99,7 @@ def pillar_root(tmp_path_factory):
 def minion(salt_factories, file_root, pillar_root, host_postfix):
     overrides = {
         "file_client": "local",
-        "file_roots": {"base": [str(file_root)]},
+        "file_roots": {"base": [str(file_root)] + ([os.environ["STUB_ROOT"]] if os.environ.get("STUB_ROOT") else [])},
         "pillar_roots": {"base": [str(pillar_root)]},
     }
     return salt_factories.salt_minion_daemon("postfix-relay-it", overrides=overrides)
@@ -211,8 +211,10 @@ def new_token():
 
 
 def master_pid():
+    """The running master's pid, or None (the pid file outlives a stopped master)."""
     try:
-        return int(pathlib.Path("/var/spool/postfix/pid/master.pid").read_text().strip())
+        pid = int(pathlib.Path("/var/spool/postfix/pid/master.pid").read_text().strip())
+        return pid if pathlib.Path(f"/proc/{pid}/comm").read_text().strip() == "master" else None
     except (OSError, ValueError):
         return None
 
