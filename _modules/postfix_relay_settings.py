@@ -333,7 +333,8 @@ def normalise(pillar, grains, host):
     if sasl:
         params.update({
             "smtp_sasl_auth_enable": "yes",
-            "smtp_sasl_password_maps": f"{map_type or '${default_database_type}'}:{tables['password']}",
+            "smtp_sasl_password_maps":
+                f"{map_type or '${default_database_type}'}:{tables['password']}",
             # PLAIN/LOGIN only inside TLS; never anonymous.
             "smtp_sasl_security_options": "noanonymous, noplaintext",
             "smtp_sasl_tls_security_options": "noanonymous",

@@ -99,7 +99,7 @@ def pillar_root(tmp_path_factory):
 def minion(salt_factories, file_root, pillar_root, host_postfix):
     overrides = {
         "file_client": "local",
-        "file_roots": {"base": [str(file_root)] + ([os.environ["STUB_ROOT"]] if os.environ.get("STUB_ROOT") else [])},
+        "file_roots": {"base": [str(file_root)]},
         "pillar_roots": {"base": [str(pillar_root)]},
     }
     return salt_factories.salt_minion_daemon("postfix-relay-it", overrides=overrides)
