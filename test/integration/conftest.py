@@ -35,11 +35,12 @@ def postfix_running():
 
 
 def stop_postfix():
+    """Stop Postfix and wait until the master process is gone (not just unlocked)."""
     if postfix_running():
         subprocess.run(["postfix", "stop"], capture_output=True, check=False)
-        deadline = time.monotonic() + 20
-        while postfix_running() and time.monotonic() < deadline:
-            time.sleep(0.1)
+    deadline = time.monotonic() + 20
+    while (postfix_running() or master_pid() is not None) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def flush_queue():
