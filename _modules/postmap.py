@@ -95,11 +95,13 @@ def redact(text, values):
 
         salt-call postmap.redact 'user:pw failed' '["user:pw"]'
     """
-    for value in sorted(values or [], key=len, reverse=True):
-        if value:
-            text = text.replace(value, "********")
-            # also the password alone, for user:password values
-            text = text.replace(value.partition(":")[2] or value, "********")
+    parts = set()
+    for value in values or []:
+        parts.add(value)
+        parts.add(value.partition(":")[2])  # the password alone, for user:password
+    # Very short strings would mask ordinary words and protect nothing.
+    for part in sorted((p for p in parts if len(p) >= 4), key=len, reverse=True):
+        text = text.replace(part, "********")
     return text
 
 
@@ -344,7 +346,7 @@ def in_sync(path, text, map_type=None, mode="0600", user="root", group="root",
         compiled = _compiled_reasons(path, files, map_type, data, st, mode, user, group,
                                      config_dir)
     elif files:
-        compiled = ["rebuilt with the new source"]
+        compiled = ["source changed"]
     return {"in_sync": not source and not compiled, "source": source, "compiled": compiled}
 
 
@@ -424,11 +426,12 @@ def build(path, text, map_type=None, mode="0600", user="root", group="root",
     directory, name = os.path.split(os.path.abspath(path))
     uid, gid = _ids(user, group)
     final_mode = _mode(mode)
+    data = text.encode()
     fd, tmp = _private_temp(directory, name)
     made = [tmp]
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode())
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
             os.fchown(handle.fileno(), uid, gid)
@@ -448,7 +451,7 @@ def build(path, text, map_type=None, mode="0600", user="root", group="root",
         os.chmod(tmp, final_mode)
         os.replace(tmp, path)
         if files:
-            _write_stamp(path, hashlib.sha256(text.encode()).hexdigest(), files)
+            _write_stamp(path, hashlib.sha256(data).hexdigest(), files)
     finally:
         for leftover in made:
             with contextlib.suppress(FileNotFoundError):

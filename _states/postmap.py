@@ -86,7 +86,9 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
             changes["source"] = "reformatted"
     if "source mode or owner differs" in state["source"]:
         changes["mode"] = f"{mode} {user}:{group}"
-    if state["compiled"]:
+    if state["compiled"] == ["source changed"]:
+        changes["compiled"] = "rebuilt"
+    elif state["compiled"]:
         changes["compiled"] = f"rebuilt: {state['compiled'][0]}"
     why = "; ".join(state["source"] + state["compiled"])
     if __opts__["test"]:
