@@ -390,6 +390,10 @@ def init_managed():
 
         salt-call postfix_control.init_managed
     """
+    if os.path.isdir("/run/systemd/system"):  # sd_booted(): systemd is PID 1
+        return True
+    if shutil.which("systemctl"):  # systemd installed but not running: offline
+        return False
     if "service.start" not in __salt__:
         return False
     offline = __salt__.get("service.offline")

@@ -37,7 +37,7 @@ TABLES = ["/etc/postfix/sasl/passwd", "/etc/postfix/reply_to_header",
 
 def make_config(work, relay):
     root = work / "file_root"
-    root.mkdir()
+    root.mkdir(parents=True)
     for name in ("postfix_relay", "_modules", "_states"):
         (root / name).symlink_to(REPO / name)
     (root / "floor").mkdir()
@@ -57,10 +57,15 @@ def make_config(work, relay):
     return work
 
 
+# Hosts cache the bytecode of Salt's synced modules; a PYTHONDONTWRITEBYTECODE
+# inherited from a sandbox would recompile the formula's modules on every run.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def salt_call(conf, *args):
     start = time.perf_counter()
     res = subprocess.run([SALT_CALL, "--local", "-c", str(conf), "--out=quiet", *args],
-                         capture_output=True, text=True, check=False)
+                         capture_output=True, text=True, check=False, env=ENV)
     elapsed = time.perf_counter() - start
     if res.returncode:
         sys.exit(f"salt-call {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import random
 import secrets
@@ -29,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
@@ -39,8 +39,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 ALL_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
-# aiosmtpd itself still sets the deprecated attribute on every AUTH.
-warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
+# aiosmtpd itself sets its deprecated Session.login_data on every AUTH and logs
+# a warning about it; only errors of its logger are of interest here.
+logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
 def make_certs(cert_dir, hostname):
