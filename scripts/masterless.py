@@ -19,13 +19,23 @@ SALT_CALL = REPO / ".venv" / "bin" / "salt-call"
 
 
 def write_config(pillar_text):
-    """A masterless minion config whose file_roots is this checkout."""
+    """A masterless minion config whose file root holds only the formula.
+
+    The file root is a directory of symlinks, not the checkout itself: Salt
+    walks its whole file root, and .venv/ would cost every run ~0.4 s.
+    """
     (WORK / "pillar").mkdir(parents=True, exist_ok=True)
     (WORK / "root").mkdir(parents=True, exist_ok=True)
+    file_root = WORK / "file_root"
+    file_root.mkdir(exist_ok=True)
+    for name in ("postfix_relay", "_modules", "_states"):
+        link = file_root / name
+        if not link.is_symlink():
+            link.symlink_to(REPO / name)
     (WORK / "minion").write_text(
         "file_client: local\n"
         f"root_dir: {WORK / 'root'}\n"
-        f"file_roots:\n  base:\n    - {REPO}\n"
+        f"file_roots:\n  base:\n    - {file_root}\n"
         f"pillar_roots:\n  base:\n    - {WORK / 'pillar'}\n"
         "state_output: terse\n"
     )
@@ -39,6 +49,15 @@ def write_config(pillar_text):
 def salt_call(*args):
     cmd = [str(SALT_CALL), "--local", "-c", str(WORK), *args]
     return subprocess.run(cmd, check=False).returncode
+
+
+def apply(sls, *extra):
+    """Sync the formula's modules and states, then apply (retcode passed through)."""
+    sync = subprocess.run([str(SALT_CALL), "--local", "-c", str(WORK), "saltutil.sync_all"],
+                          stdout=subprocess.DEVNULL, check=False)
+    if sync.returncode:
+        return sync.returncode
+    return salt_call("state.apply", sls, "--retcode-passthrough", *extra)
 
 
 def start_relay(store, password):
@@ -118,7 +137,7 @@ def demo():
     try:
         write_config(demo_pillar(port, password))
         print(f"run: demo relay on 127.0.0.1:{port} (STARTTLS + AUTH); applying the formula")
-        if salt_call("state.apply", "postfix_relay") != 0:
+        if apply("postfix_relay") != 0:
             return 1
         token = secrets.token_hex(6)
         send_cron_style_mail(token)
@@ -146,10 +165,10 @@ def main():
     if args.clean:
         if not (WORK / "minion").exists():
             write_config("")
-        return salt_call("state.apply", "postfix_relay.clean", *extra)
+        return apply("postfix_relay.clean", *extra)
     if args.pillar:
         write_config(pathlib.Path(args.pillar).read_text())
-        return salt_call("state.apply", "postfix_relay", *extra)
+        return apply("postfix_relay", *extra)
     return demo()
 
 
