@@ -47,28 +47,6 @@ def _run(argv, **kwargs):
                                    output_loglevel="quiet", **kwargs)
 
 
-def _backdate(path):
-    """Set path's times 2 s back so Postfix does not wait for it to settle."""
-    then = time.time() - 2.5
-    os.utime(path, (then, then))
-
-
-@contextlib.contextmanager
-def _config_dir_for(config_dir):
-    """Yield a config dir Postfix can read even before main.cf exists."""
-    if os.path.exists(os.path.join(config_dir, "main.cf")):
-        yield config_dir
-        return
-    tmp = tempfile.mkdtemp(prefix="postfix_relay.")
-    try:
-        path = os.path.join(tmp, "main.cf")
-        open(path, "w").close()
-        _backdate(path)
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _facts_key(config_dir):
     """What the facts depend on: the postconf binary and the dynamic map list."""
     parts = []
@@ -115,7 +93,8 @@ def facts(config_dir="/etc/postfix"):
         cached = {"key": key, "facts": _read_facts(config_dir)}
         with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-            write_atomic(cache_file, json.dumps(cached), backdate=False)
+            __utils__["postfix_files.write_atomic"](cache_file, json.dumps(cached),
+                                                   backdate_mtime=False)
     __context__["postfix_control.facts"] = cached
     return dict(cached["facts"])
 
@@ -123,7 +102,7 @@ def facts(config_dir="/etc/postfix"):
 def _read_facts(config_dir):
     if not shutil.which("postconf"):
         raise CommandExecutionError("postconf not found: is Postfix installed?")
-    with _config_dir_for(config_dir) as readable:
+    with __utils__["postfix_files.readable_config_dir"](config_dir) as readable:
         names = ["mail_version", "default_database_type", "queue_directory"]
         res = _run(["postconf", "-c", readable, "-d", "-h"] + names)
         maps = _run(["postconf", "-c", readable, "-m"])
@@ -220,7 +199,7 @@ def check_main_cf(text, config_dir="/etc/postfix"):
         path = os.path.join(tmp, "main.cf")
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
-        _backdate(path)
+        __utils__["postfix_files.backdate"](path)
         master = os.path.join(config_dir, "master.cf")
         if os.path.exists(master):
             shutil.copy(master, os.path.join(tmp, "master.cf"))
@@ -237,25 +216,6 @@ def check_main_cf(text, config_dir="/etc/postfix"):
         return problems
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_atomic(path, text, mode=0o644, backdate=True):
-    """Write text to path through a temp file and a rename; backdate its mtime."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".postfix_relay.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        if backdate:
-            _backdate(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def install_main_cf(params, config_dir="/etc/postfix"):
@@ -281,8 +241,8 @@ def install_main_cf(params, config_dir="/etc/postfix"):
     backup = path + BACKUP_SUFFIX
     if old is not None and not old.startswith(HEADER) and not os.path.exists(backup):
         # Keep the pre-formula main.cf once, for clean.sls to restore.
-        write_atomic(backup, old)
-    write_atomic(path, text)
+        __utils__["postfix_files.write_atomic"](backup, old)
+    __utils__["postfix_files.write_atomic"](path, text)
     return diff_params(old, params)
 
 
@@ -318,7 +278,7 @@ def restore_main_cf(config_dir="/etc/postfix", dist_main_cf=None, test=False):
     problems = check_main_cf(text, config_dir)
     if problems:
         raise CommandExecutionError("; ".join(problems))
-    write_atomic(path, text)
+    __utils__["postfix_files.write_atomic"](path, text)
     if saved is not None:
         os.unlink(backup)
     return f"main.cf restored from {origin}"
@@ -486,6 +446,14 @@ def _prepare_chroot(config_dir, prestart):
             raise CommandExecutionError(f"{prestart[0]} failed: {res['stderr'].strip()}")
 
 
+def _control(action, config_dir, prestart):
+    """start/reload through the init system, or postfix(1) without one."""
+    if init_managed():
+        return __salt__[f"service.{action}"]("postfix")
+    _prepare_chroot(config_dir, prestart)
+    return _postfix(action, config_dir)
+
+
 def start(config_dir="/etc/postfix", prestart=None):
     """
     Start Postfix through the init system, or with ``postfix start`` without one.
@@ -496,10 +464,7 @@ def start(config_dir="/etc/postfix", prestart=None):
 
         salt-call postfix_control.start
     """
-    if init_managed():
-        return __salt__["service.start"]("postfix")
-    _prepare_chroot(config_dir, prestart)
-    return _postfix("start", config_dir)
+    return _control("start", config_dir, prestart)
 
 
 def reload(config_dir="/etc/postfix", prestart=None):
@@ -512,10 +477,7 @@ def reload(config_dir="/etc/postfix", prestart=None):
 
         salt-call postfix_control.reload
     """
-    if init_managed():
-        return __salt__["service.reload"]("postfix")
-    _prepare_chroot(config_dir, prestart)
-    return _postfix("reload", config_dir)
+    return _control("reload", config_dir, prestart)
 
 
 def stop(config_dir="/etc/postfix", timeout=30):

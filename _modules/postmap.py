@@ -26,10 +26,8 @@ import json
 import os
 import pwd
 import re
-import shutil
 import stat
 import tempfile
-import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -65,24 +63,6 @@ def __virtual__():
 def _run(argv):
     return __salt__["cmd.run_all"](argv, python_shell=False, ignore_retcode=True,
                                    output_loglevel="quiet")
-
-
-@contextlib.contextmanager
-def _readable(config_dir):
-    """A config dir Postfix commands can read even before main.cf exists."""
-    main_cf = os.path.join(config_dir, "main.cf")
-    if os.path.exists(main_cf):
-        yield config_dir
-        return
-    tmp = tempfile.mkdtemp(prefix="postmap.")
-    try:
-        path = os.path.join(tmp, "main.cf")
-        open(path, "w").close()
-        then = time.time() - 5  # not "just written": no 1.8 s wait
-        os.utime(path, (then, then))
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def redact(text, values):
@@ -279,7 +259,7 @@ def dump(path, map_type=None, config_dir="/etc/postfix"):
         salt-call postmap.dump /etc/postfix/virtual hash
     """
     map_type = map_type or default_type(config_dir)
-    with _readable(config_dir) as conf:
+    with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
         res = _run(["postmap", "-c", conf, "-s", f"{map_type}:{path}"])
     if res["retcode"]:
         raise CommandExecutionError(f"postmap -s {map_type}:{path} failed")
@@ -301,7 +281,7 @@ def query(path, key, map_type=None, config_dir="/etc/postfix"):
         salt-call postmap.query /etc/postfix/sasl/passwd '[smtp.example.net]:587'
     """
     map_type = map_type or default_type(config_dir)
-    with _readable(config_dir) as conf:
+    with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
         res = _run(["postmap", "-c", conf, "-q", key, f"{map_type}:{path}"])
     if res["retcode"] == 1:
         return None
@@ -438,7 +418,7 @@ def build(path, text, map_type=None, mode="0600", user="root", group="root",
         files = compiled_files(path, map_type)
         if files:
             made.extend(tmp + suffix for suffix in INDEXED[map_type])
-            with _readable(config_dir) as conf:
+            with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
                 res = _run(["postmap", "-c", conf, f"{map_type}:{tmp}"])
             if res["retcode"]:
                 detail = redact(res["stderr"].replace(tmp, path), secrets or [])

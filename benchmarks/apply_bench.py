@@ -38,7 +38,7 @@ TABLES = ["/etc/postfix/sasl/passwd", "/etc/postfix/reply_to_header",
 def make_config(work, relay):
     root = work / "file_root"
     root.mkdir(parents=True)
-    for name in ("postfix_relay", "_modules", "_states"):
+    for name in ("postfix_relay", "_modules", "_states", "_utils"):
         (root / name).symlink_to(REPO / name)
     (root / "floor").mkdir()
     (root / "floor" / "init.sls").write_text("floor-nop:\n  test.nop: []\n")

@@ -30,7 +30,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 def loaders_for(root):
     file_root = root / "file_root"
     file_root.mkdir()
-    for name in ("postfix_relay", "_modules", "_states"):
+    for name in ("postfix_relay", "_modules", "_states", "_utils"):
         (file_root / name).symlink_to(REPO / name)
     opts = salt.config.minion_config(None)
     opts.update({"id": "bench", "file_client": "local",

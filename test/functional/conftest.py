@@ -19,7 +19,7 @@ def minion_opts(tmp_path_factory):
     root = tmp_path_factory.mktemp("functional-minion")
     file_root = root / "file_root"
     file_root.mkdir()
-    for name in ("postfix_relay", "_modules", "_states"):
+    for name in ("postfix_relay", "_modules", "_states", "_utils"):
         (file_root / name).symlink_to(REPO / name)
     opts = salt.config.minion_config(None)
     opts.update({

@@ -84,7 +84,7 @@ def relay(tmp_path_factory):
 def file_root(tmp_path_factory):
     """A file root holding only the formula (symlinks), as /srv/salt would."""
     root = tmp_path_factory.mktemp("file_root")
-    for name in ("postfix_relay", "_modules", "_states"):
+    for name in ("postfix_relay", "_modules", "_states", "_utils"):
         (root / name).symlink_to(REPO / name)
     return root
 

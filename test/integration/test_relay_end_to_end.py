@@ -50,6 +50,7 @@ def test_main_cf_is_a_null_client_postfix_accepts(applier):
     assert conf["smtp_tls_security_level"] == "encrypt"
     assert conf["compatibility_level"] == "3.6"
     assert "smtp_use_tls" not in conf
+    assert open("/etc/mailname").read().strip() == "example.org"
     assert subprocess.run(["postfix", "check"], capture_output=True).returncode == 0
 
 
