@@ -1,0 +1,568 @@
+"""
+Does this host's mail get out, how, and if not, why.
+
+.. code-block:: bash
+
+    salt '*' postfix_relay.probe      # TLS, AUTH mechanisms, the one Postfix will use, credentials
+    salt '*' postfix_relay.verify     # a real mail through sendmail, followed to the relay
+    salt '*' postfix_relay.status     # the queue at a glance
+
+Every failure is returned as ``diagnosis``: a list of ``{"cause", "fix"}``.
+The password is read from Postfix's own table to test it against the relay
+and never leaves this module: no return, log line or exception carries it.
+``debug_peer_list`` is never used (it logs the password in clear).
+"""
+
+import collections
+import json
+import os
+import re
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+import uuid
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "postfix_relay"
+
+CONF_NAMES = [
+    "relayhost", "smtp_tls_security_level", "smtp_tls_wrappermode", "smtp_tls_CAfile",
+    "smtp_sasl_auth_enable", "smtp_sasl_password_maps", "smtp_sasl_mechanism_filter",
+    "smtp_sasl_security_options", "smtp_sasl_tls_security_options",
+    "smtp_sender_dependent_authentication", "maillog_file", "myhostname", "mail_version",
+]
+SMTPLIB_MECHANISMS = {"PLAIN", "LOGIN", "CRAM-MD5"}
+PLUGIN_PACKAGES = {
+    "Debian": "libsasl2-modules", "RedHat": "cyrus-sasl-plain (and cyrus-sasl-md5)",
+    "Suse": "cyrus-sasl-plain (and cyrus-sasl-crammd5)", "Alpine": "cyrus-sasl-login",
+    "Arch": "libsasl", "FreeBSD": "cyrus-sasl",
+}
+SYSLOG_FILES = ("/var/log/mail.log", "/var/log/maillog", "/var/log/mail.info",
+                "/var/log/messages", "/var/log/syslog")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _run(argv):
+    return __salt__["cmd.run_all"](argv, python_shell=False, ignore_retcode=True,
+                                   output_loglevel="quiet")
+
+
+def _diag(result, cause, fix):
+    result.setdefault("diagnosis", []).append({"cause": cause, "fix": fix})
+
+
+def config(config_dir="/etc/postfix"):
+    """
+    The live Postfix settings that decide how mail is relayed (``postconf -x``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay.config
+    """
+    res = _run(["postconf", "-c", config_dir, "-hx"] + CONF_NAMES)
+    if res["retcode"]:
+        raise CommandExecutionError(f"postconf failed: {res['stderr'].strip()}")
+    return dict(zip(CONF_NAMES, res["stdout"].split("\n")))
+
+
+def parse_relayhost(value):
+    """
+    Split a relayhost as Postfix reads it: ``[host]:port`` (no MX lookup),
+    ``host:port`` (MX lookup), default port 25.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay.parse_relayhost '[smtp.example.net]:587'
+    """
+    value = (value or "").strip()
+    if not value:
+        return None
+    match = re.match(r"^\[(?P<host>[^\]]+)\](?::(?P<port>\w+))?$", value) or \
+        re.match(r"^(?P<host>[^:\[\]]+)(?::(?P<port>\w+))?$", value)
+    if not match:
+        return {"dest": value, "host": value, "port": 25, "mx": False}
+    port = match.group("port") or "25"
+    port = int(port) if port.isdigit() else socket.getservbyname(port, "tcp")
+    host = match.group("host")
+    host = host[5:] if host.lower().startswith("ipv6:") else host
+    return {"dest": value, "host": host, "port": port, "mx": not value.startswith("[")}
+
+
+def _table(spec):
+    map_type, _, path = spec.partition(":")
+    return map_type, path
+
+
+def lookup_credentials(conf, config_dir="/etc/postfix"):
+    """Find the relay's entry the way Postfix's smtp client does (host name,
+    then the destination as written in relayhost); returns the match and,
+    separately, the secret (kept inside this module)."""
+    relay = parse_relayhost(conf["relayhost"])
+    result = {"table": conf["smtp_sasl_password_maps"], "keys_tried": [], "key": None,
+              "username": None}
+    secret = None
+    if not relay or not result["table"]:
+        return result, secret
+    for spec in re.split(r"[\s,]+", result["table"].strip()):
+        map_type, path = _table(spec)
+        for key in (relay["host"].lower(), relay["dest"].lower()):
+            result["keys_tried"].append(key)
+            value = __salt__["postmap.query"](path, key, map_type, config_dir) \
+                if path else None
+            if value is not None:
+                user, _, secret = value.partition(":")
+                result.update(key=key, username=user)
+                return result, secret
+    return result, secret
+
+
+def _table_problems(result, conf, config_dir):
+    """Missing or stale password table; a key that almost matches relayhost."""
+    relay = parse_relayhost(conf["relayhost"])
+    for spec in re.split(r"[\s,]+", conf["smtp_sasl_password_maps"].strip()):
+        map_type, path = _table(spec)
+        compiled = __salt__["postmap.compiled_files"](path, map_type)
+        if not os.path.exists(path) and not compiled:
+            _diag(result, f"the password table {path} does not exist",
+                  "apply postfix_relay with relay:username and relay:password")
+            continue
+        missing = [f for f in compiled if not os.path.exists(f)]
+        if missing:
+            _diag(result, f"the password table {spec} was never compiled ({missing[0]} "
+                  "is missing): Postfix finds no password",
+                  f"run `postmap {spec}` or re-apply postfix_relay")
+            continue
+        if compiled and os.path.exists(path) and \
+                os.stat(compiled[0]).st_mtime < os.stat(path).st_mtime:
+            _diag(result, f"the password table {spec} is stale: {path} changed after "
+                  f"{compiled[0]} was built", f"run `postmap {spec}` or re-apply postfix_relay")
+        if result["credentials"]["key"] is None and relay and os.path.exists(path):
+            keys = [k for k, _ in __salt__["postmap.parse"](
+                __salt__["postfix_control.read_file"](path) or "")]
+            near = [k for k in keys if relay["host"].lower() in k.lower()]
+            _diag(result, f"no entry in {spec} for {relay['host']!r} or {relay['dest']!r} "
+                  f"(the keys Postfix looks up){': found ' + ', '.join(near) if near else ''}",
+                  f"write the key exactly as relayhost: {relay['dest']} "
+                  "(brackets and port included)")
+
+
+def _banner_first(host, port, wait):
+    """True when the server speaks first in plain text (a STARTTLS/plain port),
+    False when it waits silently for a TLS ClientHello (an implicit-TLS port)."""
+    with socket.create_connection((host, port), timeout=wait) as sock:
+        sock.settimeout(wait)
+        try:
+            return sock.recv(4).startswith(b"2")
+        except TimeoutError:
+            return False
+
+
+def _tls_context(verify, ca_file):
+    if not verify:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    return ssl.create_default_context(cafile=ca_file or None)
+
+
+def _open(host, port, wrapper, ctx, timeout, helo):
+    """An SMTP session with TLS started (implicit or STARTTLS when offered)."""
+    if wrapper:
+        smtp = smtplib.SMTP_SSL(host, port, local_hostname=helo, timeout=timeout, context=ctx)
+        smtp.ehlo()
+        return smtp, True
+    smtp = smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout)
+    smtp.ehlo()
+    if not smtp.has_extn("starttls"):
+        return smtp, False
+    smtp.starttls(context=ctx)
+    smtp.ehlo()
+    return smtp, True
+
+
+def _cert_info(sock):
+    from cryptography import x509  # pylint: disable=import-outside-toplevel
+
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        return None
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        names = [str(n) for n in sans.value.get_values_for_type(x509.DNSName)] + \
+            [str(n) for n in sans.value.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = []
+    return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+            "names": names}
+
+
+def _negotiate(conf, offered):
+    tls_opts = conf["smtp_sasl_tls_security_options"] or conf["smtp_sasl_security_options"]
+    return __salt__["postfix_sasl.negotiate"](
+        offered, mechanism_filter=conf["smtp_sasl_mechanism_filter"],
+        security_options=conf["smtp_sasl_security_options"], tls=True,
+        tls_security_options=tls_opts)
+
+
+def _try_auth(smtp, mechanism, username, secret):
+    """AUTH with the table's credentials; the relay's reply, never the secret."""
+    smtp.user, smtp.password = username, secret
+    method = {"PLAIN": smtp.auth_plain, "LOGIN": smtp.auth_login,
+              "CRAM-MD5": smtp.auth_cram_md5}[mechanism]
+    try:
+        code, reply = smtp.auth(mechanism, method, initial_response_ok=True)
+    except smtplib.SMTPAuthenticationError as exc:
+        code, reply = exc.smtp_code, exc.smtp_error
+    finally:
+        smtp.user = smtp.password = None
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    return {"accepted": 200 <= code < 300, "code": code, "reply": text.replace(secret, "****")}
+
+
+def probe(relay=None, timeout=10, config_dir="/etc/postfix"):
+    """
+    Open an SMTP session to the relay Postfix uses (or ``relay``, in relayhost
+    syntax) as Postfix would, and report: TLS protocol, cipher, certificate
+    and whether it verifies; the AUTH mechanisms offered; which survive the
+    mechanism filter, the security options and the installed SASL plugins;
+    the mechanism Postfix will negotiate (decided by libsasl2); and whether
+    the relay accepts the credentials from the password table.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' postfix_relay.probe
+        salt-call postfix_relay.probe relay='[smtp.example.net]:465'
+    """
+    conf = config(config_dir)
+    if relay:
+        conf["relayhost"] = relay
+    target = parse_relayhost(conf["relayhost"])
+    result = {"relayhost": conf["relayhost"], "ok": False}
+    if not target:
+        _diag(result, "relayhost is empty: Postfix delivers directly, not through a relay",
+              "set postfix_relay:relay:host and apply postfix_relay")
+        return result
+    level = conf["smtp_tls_security_level"] or "none"
+    wrapper = conf["smtp_tls_wrappermode"] == "yes"
+    host, port = target["host"], target["port"]
+    result.update(host=host, port=port, tls_level=level, wrappermode=wrapper)
+    if target["mx"]:
+        result["note"] = "relayhost without brackets: Postfix looks up MX records first; " \
+                         "this probe connects to the name itself"
+    creds, secret = ({"key": None}, None)
+    if conf["smtp_sasl_auth_enable"] == "yes":
+        creds, secret = lookup_credentials(conf, config_dir)
+        result["credentials"] = creds
+        _table_problems(result, conf, config_dir)
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        _diag(result, f"the relay name {host} does not resolve ({exc.strerror})",
+              "check relay:host and this host's DNS (/etc/resolv.conf)")
+        return result
+    try:
+        plain_first = _banner_first(host, port, min(timeout, 5))
+    except OSError as exc:
+        _diag(result, f"relay {host}:{port} is unreachable: {exc.strerror or exc}",
+              "check relay:host and relay:port, and that the relay and firewalls allow it")
+        return result
+    if wrapper and plain_first:
+        _diag(result, f"port {port} speaks plain SMTP first (STARTTLS), but "
+              "smtp_tls_wrappermode = yes expects TLS from the first byte",
+              "use port 465 for implicit TLS, or turn wrappermode off (relay:port 587)")
+        return result
+    if not wrapper and not plain_first:
+        _diag(result, f"port {port} sends no SMTP greeting: it expects implicit TLS "
+              "(port 465 style), but smtp_tls_wrappermode = no",
+              "set relay:port 465 (postfix_relay turns wrappermode on), or "
+              "main_cf smtp_tls_wrappermode: yes")
+        return result
+    helo = conf["myhostname"] or socket.getfqdn()
+    try:
+        smtp, tls = _open(host, port, wrapper, _tls_context(False, None), timeout, helo)
+    except (OSError, smtplib.SMTPException) as exc:
+        _diag(result, f"SMTP session with {host}:{port} failed: {exc}",
+              "check relay:host, relay:port and relay:tls")
+        return result
+    with smtp:
+        result["tls"] = tls and {"protocol": smtp.sock.version(),
+                                 "cipher": smtp.sock.cipher()[0],
+                                 "certificate": _cert_info(smtp.sock)}
+        if not tls and level not in ("none", "may"):
+            _diag(result, "the relay offers no STARTTLS, and smtp_tls_security_level = "
+                  f"{level} requires TLS: Postfix defers all mail",
+                  "use the relay's submission port with TLS (587 or 465)")
+        offered = (smtp.esmtp_features.get("auth") or "").upper().split()
+        result["mechanisms_offered"] = offered
+        if conf["smtp_sasl_auth_enable"] == "yes":
+            _sasl(result, conf, smtp, offered, creds, secret)
+    if tls:
+        _verify_cert(result, host, port, wrapper, conf, timeout, helo, level)
+    result["ok"] = not result.get("diagnosis")
+    return result
+
+
+def _sasl(result, conf, smtp, offered, creds, secret):
+    if not offered:
+        result["negotiated_mechanism"] = None
+        result["note_auth"] = "the relay offers no AUTH: Postfix sends without authenticating"
+        return
+    nego = _negotiate(conf, offered)
+    result["negotiation"] = nego
+    result["negotiated_mechanism"] = nego.get("chosen")
+    if not nego.get("chosen"):
+        reason = nego.get("reason") or "no mechanism left"
+        if "plugin" in reason:
+            family = __grains__.get("os_family", "Debian")
+            fix = f"install the SASL client plugins: {PLUGIN_PACKAGES.get(family, 'cyrus-sasl')}"
+        elif "filter" in reason:
+            fix = "remove relay:mechanisms or list one the relay offers: " + ", ".join(offered)
+        elif "noplaintext" in reason:
+            fix = "use smtp_sasl_tls_security_options = noanonymous (postfix_relay's default) " \
+                  "so PLAIN/LOGIN work inside TLS"
+        else:
+            fix = "compare the relay's mechanisms with the SASL settings above"
+        _diag(result, f"No worthy mechs found: {reason}", fix)
+        return
+    if creds.get("key") is None:
+        return
+    if nego["chosen"] not in SMTPLIB_MECHANISMS:
+        result["credentials"]["checked"] = False
+        return
+    check = _try_auth(smtp, nego["chosen"], creds["username"], secret)
+    result["credentials"].update(checked=True, **check)
+    if not check["accepted"]:
+        _diag(result, f"the relay rejects the credentials ({check['code']} {check['reply']})",
+              "fix relay:username / relay:password in the pillar and re-apply")
+
+
+def _verify_cert(result, host, port, wrapper, conf, timeout, helo, level):
+    ca_file = conf["smtp_tls_CAfile"] or None
+    try:
+        smtp, _ = _open(host, port, wrapper, _tls_context(True, ca_file), timeout, helo)
+        smtp.close()
+        result["tls"]["verified"] = True
+    except ssl.SSLCertVerificationError as exc:
+        result["tls"]["verified"] = False
+        result["tls"]["verify_error"] = exc.verify_message
+        if level in ("verify", "secure", "dane", "dane-only", "fingerprint"):
+            _diag(result, f"the relay's certificate does not verify ({exc.verify_message}) "
+                  f"against {ca_file or 'the system CAs'}: with smtp_tls_security_level = "
+                  f"{level} Postfix defers all mail",
+                  "set relay:ca_file to the CA that signed the relay's certificate, or use "
+                  "the relay's real host name in relay:host")
+    except (OSError, smtplib.SMTPException) as exc:
+        result["tls"]["verified"] = False
+        result["tls"]["verify_error"] = str(exc)
+
+
+def log_source(config_dir="/etc/postfix", maillog_file=None):
+    """
+    Where this host's Postfix logs: ``maillog_file``, the journal, or a syslog
+    file. Returns ``{"type": "file"|"journal", "path": ...}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay.log_source
+    """
+    if maillog_file is None:
+        maillog_file = config(config_dir)["maillog_file"]
+    if maillog_file and maillog_file != "/dev/stdout":
+        return {"type": "file", "path": maillog_file}
+    if os.path.isdir("/run/systemd/journal") and __salt__["cmd.has_exec"]("journalctl"):
+        return {"type": "journal", "path": None}
+    for path in SYSLOG_FILES:
+        if os.path.exists(path):
+            return {"type": "file", "path": path}
+    return {"type": "none", "path": None}
+
+
+class _LogReader:
+    """New log lines since the reader was made (file or journal)."""
+
+    def __init__(self, source):
+        self.source = source
+        self.since = time.time() - 1
+        self.offset = 0
+        if source["type"] == "file":
+            try:
+                self.offset = os.path.getsize(source["path"])
+            except OSError:
+                self.offset = 0
+        self.lines = []
+
+    def poll(self):
+        if self.source["type"] == "file":
+            try:
+                with open(self.source["path"], encoding="utf-8", errors="replace") as handle:
+                    handle.seek(self.offset)
+                    data = handle.read()
+                    self.offset = handle.tell()
+            except OSError:
+                return self.lines
+            self.lines.extend(data.splitlines())
+        elif self.source["type"] == "journal":
+            out = subprocess.run(["journalctl", "--no-pager", "-o", "short", "--since",
+                                  f"@{int(self.since)}", "SYSLOG_FACILITY=2"],
+                                 capture_output=True, text=True, check=False).stdout
+            self.lines = out.splitlines()
+        return self.lines
+
+
+_DELIVERY = re.compile(
+    r"(?P<qid>[0-9A-Za-z]+): to=<(?P<to>[^>]*)>(?:, orig_to=<(?P<orig_to>[^>]*)>)?, "
+    r"relay=(?P<relay>[^,]+), (?:conn_use=\d+, )?delay=(?P<delay>[\d.]+), "
+    r"delays=(?P<delays>[\d./]+), dsn=(?P<dsn>[\d.]+), status=(?P<status>\w+) "
+    r"\((?P<reply>.*)\)\s*$")
+
+
+def parse_log(lines, message_id):
+    """
+    Follow one message through Postfix's log lines by its Message-ID: its
+    queue id, envelope sender and the first delivery attempt's outcome.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay.parse_log '["..."]' '<id@host>'
+    """
+    found = {}
+    mid = re.compile(r"(?P<qid>[0-9A-Za-z]+): message-id=" + re.escape(message_id))
+    for line in lines:
+        if "queue_id" not in found:
+            match = mid.search(line)
+            if match:
+                found["queue_id"] = match.group("qid")
+            continue
+        qid = found["queue_id"]
+        match = re.search(re.escape(qid) + r": from=<(?P<from>[^>]*)>", line)
+        if match:
+            found["sender"] = match.group("from")
+            continue
+        match = _DELIVERY.search(line)
+        if match and match.group("qid") == qid:
+            found.update(recipient=match.group("to"), orig_recipient=match.group("orig_to"),
+                         relay=match.group("relay"), delay=float(match.group("delay")),
+                         delays=match.group("delays"), dsn=match.group("dsn"),
+                         status=match.group("status"), reply=match.group("reply"))
+            break
+    return found
+
+
+def verify(recipient=None, timeout=60, config_dir="/etc/postfix"):
+    """
+    Send a verification mail through the local sendmail (the path cron uses),
+    follow it through Postfix's log until it is sent, deferred or bounced (or
+    ``timeout`` seconds pass), and report queue id, status, relay, DSN, the
+    relay's reply, delay, the rewritten envelope sender and recipient, and the
+    SASL mechanism from ``probe``. A failure sets a non-zero retcode, so
+    ``salt '*' postfix_relay.verify`` shows which hosts fail.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' postfix_relay.verify
+        salt-call postfix_relay.verify recipient=me@example.org timeout=30
+    """
+    conf = config(config_dir)
+    source = log_source(config_dir, conf["maillog_file"])
+    result = {"ok": False, "log": source}
+    if source["type"] == "none":
+        _diag(result, "Postfix's log was not found (no maillog_file, journal or syslog file)",
+              "set postfix_relay:log_file, or run a syslog daemon")
+        __context__["retcode"] = 1
+        return result
+    token = uuid.uuid4().hex
+    host = conf["myhostname"] or socket.getfqdn()
+    message_id = f"<postfix-relay-verify.{token}@{host}>"
+    reader = _LogReader(source)
+    message = (f"Subject: postfix_relay verification from {host} ({token})\n"
+               f"Message-ID: {message_id}\n"
+               "X-Postfix-Relay-Verify: yes\n\n"
+               f"This message checks that {host} can deliver its mail. Token: {token}\n")
+    started = time.monotonic()
+    sent = subprocess.run(["/usr/sbin/sendmail", "-i", recipient or "root"],
+                          input=message.encode(), capture_output=True, check=False)
+    if sent.returncode:
+        _diag(result, f"sendmail failed: {sent.stderr.decode(errors='replace').strip()}",
+              "check that Postfix is installed and `postfix check` passes")
+        __context__["retcode"] = 1
+        return result
+    found = {}
+    while time.monotonic() - started < timeout:
+        found = parse_log(reader.poll(), message_id)
+        if "status" in found:
+            break
+        time.sleep(0.05)
+    result.update(found)
+    result["elapsed"] = round(time.monotonic() - started, 3)
+    result["message_id"] = message_id
+    if "status" not in found:
+        _diag(result, f"no delivery attempt was logged within {timeout} s"
+              + (f" (queue id {found['queue_id']})" if "queue_id" in found else ""),
+              "check `postfix status`, `postqueue -p` and the log " + (source["path"] or ""))
+    elif found["status"] != "sent":
+        _diag(result, f"the mail was {found['status']}: {found['reply']}",
+              "run postfix_relay.probe for the cause")
+    if conf["smtp_sasl_auth_enable"] == "yes":
+        try:
+            result["mechanism"] = probe(config_dir=config_dir).get("negotiated_mechanism")
+        except Exception as exc:  # pylint: disable=broad-except
+            result["mechanism"] = None
+            result["probe_error"] = str(exc)
+    result["ok"] = found.get("status") == "sent"
+    if not result["ok"]:
+        __context__["retcode"] = 1
+    return result
+
+
+def status():
+    """
+    The queue at a glance (``postqueue -j``): messages per queue, the oldest
+    message's age in seconds, and the most common deferral reasons.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' postfix_relay.status
+    """
+    res = _run(["postqueue", "-j"])
+    if res["retcode"]:
+        return {"ok": False, "error": res["stderr"].strip()}
+    counts = collections.Counter()
+    reasons = collections.Counter()
+    oldest = None
+    for line in res["stdout"].splitlines():
+        item = json.loads(line)
+        counts[item["queue_name"]] += 1
+        oldest = item["arrival_time"] if oldest is None else min(oldest, item["arrival_time"])
+        for rcpt in item.get("recipients", []):
+            if rcpt.get("delay_reason"):
+                # Strip the per-message details (addresses, ids) so reasons group.
+                reasons[re.sub(r"\[[^\]]*\]|<[^>]*>", "", rcpt["delay_reason"])[:200]] += 1
+    return {
+        "ok": True,
+        "total": sum(counts.values()),
+        "queues": dict(counts),
+        "oldest_age": None if oldest is None else int(time.time() - oldest),
+        "deferral_reasons": [{"reason": r, "count": n} for r, n in reasons.most_common(5)],
+    }
