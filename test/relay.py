@@ -38,7 +38,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-ALL_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+# XOAUTH2 is only advertised (and always refused): a mechanism with no client
+# plugin on Debian 12, to cause "No worthy mechs found" for real.
+ALL_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2")
 # aiosmtpd itself sets its deprecated Session.login_data on every AUTH and logs
 # a warning about it; only errors of its logger are of interest here.
 logging.getLogger("mail.log").setLevel(logging.ERROR)
@@ -108,6 +110,17 @@ class _Handler:
         if ok:
             return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
         return AuthResult(success=False, handled=False)
+
+    async def auth_XOAUTH2(self, server, args):  # noqa: N802 (aiosmtpd naming)
+        self.relay._note_auth(server, "XOAUTH2", None, False)
+        return AuthResult(success=False, handled=False)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
+        session.host_name = hostname
+        if not self.relay.mechanisms:
+            # aiosmtpd always lists AUTH; a relay without AUTH must not mention it.
+            responses = [r for r in responses if not r.startswith("250-AUTH")]
+        return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         if self.relay._should_drop():

@@ -160,9 +160,12 @@ class Applier:
 def applier(minion, pillar_root, relay):
     app = Applier(minion, pillar_root, relay)
     yield app
-    # No return of the whole session may carry the password.
+    # No return of the whole session may carry the password, nor any log.
     leaked = [r for r in app.returns if PASSWORD in r]
     assert not leaked, "the relay password appeared in a salt-call return"
+    for log in (MAILLOG, pathlib.Path(minion.config["log_file"])):
+        if log.exists():
+            assert PASSWORD not in log.read_text(errors="replace"), f"password in {log}"
 
 
 def state_results(res):
