@@ -1,0 +1,86 @@
+"""Pure functions of the modules: relayhost syntax, log following, table text,
+and libsasl2's own mechanism choice (the real library, no Postfix needed)."""
+
+import pytest
+from salt.exceptions import SaltInvocationError
+
+from helpers import load_module
+
+relay_mod = load_module("_modules/postfix_relay.py")
+postmap = load_module("_modules/postmap.py")
+sasl = load_module("_modules/postfix_sasl.py")
+
+
+@pytest.mark.parametrize("value, host, port, mx", [
+    ("[smtp.example.net]:587", "smtp.example.net", 587, False),
+    ("[smtp.example.net]", "smtp.example.net", 25, False),
+    ("smtp.example.net:465", "smtp.example.net", 465, True),
+    ("[ipv6:2001:db8::1]:587", "2001:db8::1", 587, False),
+    ("[smtp.example.net]:submission", "smtp.example.net", 587, False),
+])
+def test_relayhost_is_read_as_postfix_reads_it(value, host, port, mx):
+    parsed = relay_mod.parse_relayhost(value)
+    assert (parsed["host"], parsed["port"], parsed["mx"], parsed["dest"]) == \
+        (host, port, mx, value)
+
+
+LOG = """\
+Nov 24 21:58:35 pi postfix/pickup[10]: 4AB12C: uid=0 from=<root>
+Nov 24 21:58:35 pi postfix/cleanup[11]: 4AB12C: message-id=<postfix-relay-verify.t1@pi>
+Nov 24 21:58:35 pi postfix/qmgr[12]: 4AB12C: from=<pi@example.org>, size=400, nrcpt=1 (queue active)
+Nov 24 21:58:35 pi postfix/smtp[13]: 4AB12C: to=<me@example.org>, orig_to=<root>, \
+relay=127.0.0.1[127.0.0.1]:2525, delay=0.15, delays=0.01/0.01/0.1/0.03, dsn=2.0.0, \
+status=sent (250 2.0.0 OK: queued)
+"""
+
+
+def test_log_is_followed_by_message_id():
+    found = relay_mod.parse_log(LOG.splitlines(), "<postfix-relay-verify.t1@pi>")
+    assert found == {"queue_id": "4AB12C", "sender": "pi@example.org",
+                     "recipient": "me@example.org", "orig_recipient": "root",
+                     "relay": "127.0.0.1[127.0.0.1]:2525", "delay": 0.15,
+                     "delays": "0.01/0.01/0.1/0.03", "dsn": "2.0.0", "status": "sent",
+                     "reply": "250 2.0.0 OK: queued"}
+    assert relay_mod.parse_log(LOG.splitlines(), "<other@pi>") == {}
+
+
+def test_table_text_round_trips_and_folds_keys():
+    text = postmap.render({"[Smtp.Example.net]:587": "user:pw with space", "root": "me"})
+    assert text == "[Smtp.Example.net]:587 user:pw with space\nroot me\n"
+    assert postmap.parse(text + "# comment\n\nlong first\n  second\n") == [
+        ("[Smtp.Example.net]:587", "user:pw with space"), ("root", "me"),
+        ("long", "first second")]
+    assert postmap.entry_changes([("a", "1"), ("b", "2")], [("A", "9"), ("c", "3")], True) == \
+        {"added": ["c"], "removed": ["b"], "changed": ["a"]}
+
+
+@pytest.mark.parametrize("entries", [{"a b": "1"}, {"a": "1\n2"}, {"A": "1", "a": "2"}, {"": "x"}])
+def test_table_lines_cannot_be_injected(entries):
+    with pytest.raises(SaltInvocationError):
+        postmap.render(entries)
+
+
+def test_redaction_masks_secrets_and_passwords_alone():
+    assert postmap.redact("u:secret1 and secret1", ["u:secret1"]) == "******** and ********"
+
+
+@pytest.mark.parametrize("offered, options, mech_filter, chosen, words", [
+    (["PLAIN", "LOGIN"], "noanonymous", "", "PLAIN", None),
+    (["CRAM-MD5", "PLAIN"], "noanonymous", "", "CRAM-MD5", None),
+    (["LOGIN"], "noanonymous", "", "LOGIN", None),
+    ([], "noanonymous", "", None, "offers no AUTH"),
+    (["PLAIN", "LOGIN"], "noanonymous, noplaintext", "", None, "noplaintext"),
+    (["PLAIN", "LOGIN"], "noanonymous", "cram-md5", None, "mechanism filter"),
+    (["XOAUTH2"], "noanonymous", "", None, "no SASL client plugin"),
+])
+def test_libsasl2_chooses_as_it_does_for_postfix(offered, options, mech_filter, chosen, words):
+    result = sasl.negotiate(offered, mech_filter, security_options="noanonymous, noplaintext",
+                            tls=True, tls_security_options=options)
+    assert result["chosen"] == chosen
+    if words:
+        assert words in result["reason"]
+
+
+def test_plain_outside_tls_follows_the_non_tls_options():
+    assert sasl.negotiate(["PLAIN"], "", "noanonymous, noplaintext", tls=False)["chosen"] is None
+    assert "PLAIN" in sasl.plugins()
