@@ -19,6 +19,8 @@ decide and report. ``running`` works with and without an init system: where
 none runs (Salt reports "OFFLINE mode"), it drives ``postfix start|reload``.
 """
 
+from collections.abc import Mapping
+
 __virtualname__ = "postfix_control"
 
 
@@ -164,9 +166,14 @@ def running(name="postfix", enable=True, config_dir="/etc/postfix", prestart=Non
 def _watched_changes():
     """All changes of the states this one watches (from the running state data)."""
     changes = {}
-    for req in (__low__.get("__reqs__") or {}).get("watch", []):
+    reqs = __low__.get("__reqs__") or {}
+    # Salt 3008 keys these by a RequisiteType enum, older releases by "watch".
+    watched = [chunk for kind, chunks in reqs.items()
+               if getattr(kind, "value", kind) == "watch" for chunk in chunks]
+    for req in watched:
         for tag, result in __running__.items():
-            if f"_|-{req['__id__']}_|-" in tag and isinstance(result.get("changes"), dict):
+            # Salt hands these over as read-only mappings, not dicts.
+            if f"_|-{req['__id__']}_|-" in tag and isinstance(result.get("changes"), Mapping):
                 changes.update(result["changes"])
     return changes
 

@@ -13,6 +13,7 @@ relay on 127.0.0.1. Run as root:  .venv/bin/python benchmarks/apply_bench.py
 """
 
 import argparse
+import contextlib
 import os
 import pathlib
 import shutil
@@ -112,27 +113,17 @@ def first_apply_until_relayed(conf, relay):
     return applied, time.perf_counter() - start
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--runs", type=int, default=11)
-    parser.add_argument("--first-runs", type=int, default=5)
-    args = parser.parse_args()
-    backup = pathlib.Path(tempfile.mkdtemp(prefix="apply_bench."))
+@contextlib.contextmanager
+def host_postfix_saved(prefix):
+    """Save the host's Postfix files and state; restore them afterwards.
+    Yields a scratch directory that is removed at the end."""
+    backup = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
     was_running = postfix_running()
     for path in SAVED:
         if os.path.exists(path):
             shutil.copy2(path, backup / os.path.basename(path))
     try:
-        with Relay(tls="starttls", mechanisms=("PLAIN", "LOGIN"),
-                   users={"bench": "bench-pw"}) as relay:
-            conf = make_config(backup / "salt", relay)
-            salt_call(conf, "saltutil.sync_all")
-            firsts = [first_apply_until_relayed(conf, relay) for _ in range(args.first_runs)]
-            salt_call(conf, "state.apply", "postfix_relay")  # settle
-            floor, noop = [], []
-            for _ in range(args.runs):
-                floor.append(salt_call(conf, "state.apply", "floor"))
-                noop.append(salt_call(conf, "state.apply", "postfix_relay"))
+        yield backup
     finally:
         if postfix_running():
             subprocess.run(["postfix", "stop"], capture_output=True, check=False)
@@ -145,6 +136,24 @@ def main():
         if was_running:
             subprocess.run(["postfix", "start"], capture_output=True, check=False)
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--runs", type=int, default=11)
+    parser.add_argument("--first-runs", type=int, default=5)
+    args = parser.parse_args()
+    with host_postfix_saved("apply_bench.") as scratch, \
+            Relay(tls="starttls", mechanisms=("PLAIN", "LOGIN"),
+                  users={"bench": "bench-pw"}) as relay:
+        conf = make_config(scratch / "salt", relay)
+        salt_call(conf, "saltutil.sync_all")
+        firsts = [first_apply_until_relayed(conf, relay) for _ in range(args.first_runs)]
+        salt_call(conf, "state.apply", "postfix_relay")  # settle
+        floor, noop = [], []
+        for _ in range(args.runs):
+            floor.append(salt_call(conf, "state.apply", "floor"))
+            noop.append(salt_call(conf, "state.apply", "postfix_relay"))
 
     med_floor, med_noop = statistics.median(floor), statistics.median(noop)
     apply_s = statistics.median(a for a, _ in firsts)

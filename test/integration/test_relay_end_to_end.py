@@ -169,3 +169,20 @@ def test_listen_none_closes_port_25_and_sendmail_still_works(applier, relay):
     res = applier.apply(applier.pillar())
     assert res.returncode == 0, dump(res)
     smtplib.SMTP("127.0.0.1", 25, timeout=10).quit()
+
+
+def test_config_change_reloads_and_listener_change_restarts(applier, relay):
+    res = applier.apply(applier.pillar())
+    assert res.returncode == 0, dump(res)
+    pid, reloads = master_pid(), log_count("reload")
+    res = applier.apply(applier.pillar(reply_to="ops@example.org"))
+    assert state_results(res)["postfix-relay-service-running"]["comment"] == "Postfix reloaded"
+    assert master_pid() == pid and log_count("reload") == reloads + 1
+    res = applier.apply(applier.pillar(reply_to="ops@example.org",
+                                       main_cf={"inet_interfaces": "127.0.0.1"}))
+    assert state_results(res)["postfix-relay-service-running"]["comment"] == "Postfix restarted"
+    assert master_pid() not in (None, pid)
+    token = new_token()
+    send_with_sendmail("root", token)
+    assert headers_named(wait_for_token(relay, token), "Reply-To") == ["ops@example.org"]
+    assert applier.apply(applier.pillar()).returncode == 0
