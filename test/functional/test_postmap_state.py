@@ -239,3 +239,17 @@ def test_module_functions_work_on_their_own(loaders, table_dir, config_dir):
     assert mod.dump(path, "hash", config_dir=config_dir) == {"root": "me@example.org"}
     assert "hash" in mod.map_types(config_dir)
     assert mod.remove(path) == [path, f"{path}.db"]
+
+
+def test_source_from_the_file_server(loaders, table_dir, config_dir, minion_opts):
+    file_root = minion_opts["file_roots"]["base"][0]
+    os.makedirs(os.path.join(file_root, "tables"), exist_ok=True)
+    with open(os.path.join(file_root, "tables", "virtual"), "w") as handle:
+        handle.write("root me@example.org\npostmaster me@example.org\n")
+    path = table_dir / "virtual"
+    ret = managed(loaders, path, config_dir, entries=None, source="salt://tables/virtual",
+                  mode="0644")
+    assert ret.result is True and ret.changes["created"] is True
+    assert query(path, "postmaster") == "me@example.org"
+    missing = managed(loaders, path, config_dir, entries=None, source="salt://tables/nope")
+    assert missing.result is False and "salt://tables/nope not found" in missing.comment
