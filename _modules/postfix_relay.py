@@ -308,10 +308,13 @@ def probe(relay=None, timeout=10, config_dir="/etc/postfix"):
                   "use the relay's submission port with TLS (587 or 465)")
         offered = (smtp.esmtp_features.get("auth") or "").upper().split()
         result["mechanisms_offered"] = offered
+        if tls:
+            _verify_cert(result, host, port, wrapper, conf, timeout, helo, level)
+        # The password goes only where Postfix would send it: inside TLS, and
+        # to a verified certificate when the level asks for verification.
+        trusted = tls and (result["tls"]["verified"] or level not in VERIFYING_LEVELS)
         if conf["smtp_sasl_auth_enable"] == "yes":
-            _sasl(result, conf, smtp, offered, creds, secret)
-    if tls:
-        _verify_cert(result, host, port, wrapper, conf, timeout, helo, level)
+            _sasl(result, conf, smtp, offered, creds, secret if trusted else None)
     result["ok"] = not result.get("diagnosis")
     return result
 
@@ -343,6 +346,10 @@ def _sasl(result, conf, smtp, offered, creds, secret):
     if nego["chosen"] not in SMTPLIB_MECHANISMS:
         result["credentials"]["checked"] = False
         return
+    if secret is None:
+        result["credentials"].update(
+            checked=False, reason="not sent: no TLS, or a certificate that does not verify")
+        return
     check = _try_auth(smtp, nego["chosen"], creds["username"], secret)
     result["credentials"].update(checked=True, **check)
     if not check["accepted"]:
@@ -350,24 +357,70 @@ def _sasl(result, conf, smtp, offered, creds, secret):
               "fix relay:username / relay:password in the pillar and re-apply")
 
 
+VERIFYING_LEVELS = ("verify", "secure", "dane", "dane-only", "fingerprint")
+
+
 def _verify_cert(result, host, port, wrapper, conf, timeout, helo, level):
+    """Chain check against the configured CA, then the name check Postfix
+    does: DNS names only (subjectAltName, else CN); IP addresses never match."""
     ca_file = conf["smtp_tls_CAfile"] or None
+    ctx = _tls_context(True, ca_file)
+    ctx.check_hostname = False
     try:
-        smtp, _ = _open(host, port, wrapper, _tls_context(True, ca_file), timeout, helo)
+        smtp, _ = _open(host, port, wrapper, ctx, timeout, helo)
+        der = smtp.sock.getpeercert(binary_form=True)
         smtp.close()
-        result["tls"]["verified"] = True
     except ssl.SSLCertVerificationError as exc:
-        result["tls"]["verified"] = False
-        result["tls"]["verify_error"] = exc.verify_message
-        if level in ("verify", "secure", "dane", "dane-only", "fingerprint"):
-            _diag(result, f"the relay's certificate does not verify ({exc.verify_message}) "
-                  f"against {ca_file or 'the system CAs'}: with smtp_tls_security_level = "
-                  f"{level} Postfix defers all mail",
-                  "set relay:ca_file to the CA that signed the relay's certificate, or use "
-                  "the relay's real host name in relay:host")
+        _cert_failed(result, level, f"{exc.verify_message}, against "
+                     f"{ca_file or 'the system CAs'}",
+                     "set relay:ca_file to the CA that signed the relay's certificate")
+        return
     except (OSError, smtplib.SMTPException) as exc:
         result["tls"]["verified"] = False
         result["tls"]["verify_error"] = str(exc)
+        return
+    names = _dns_names(der)
+    dot_nexthop = level != "verify"  # secure: smtp_tls_secure_cert_match has dot-nexthop
+    if any(_name_matches(name, host, dot_nexthop) for name in names):
+        result["tls"]["verified"] = True
+        return
+    _cert_failed(result, level, f"the certificate names {names or 'nothing'}, not {host} "
+                 "(Postfix matches DNS names only, never IP addresses)",
+                 "use in relay:host a name the relay's certificate carries")
+
+
+def _cert_failed(result, level, why, fix):
+    result["tls"]["verified"] = False
+    result["tls"]["verify_error"] = why
+    if level in VERIFYING_LEVELS:
+        _diag(result, f"the relay's certificate does not verify ({why}): with "
+              f"smtp_tls_security_level = {level} Postfix defers all mail", fix)
+
+
+def _dns_names(der):
+    from cryptography import x509  # pylint: disable=import-outside-toplevel
+    from cryptography.x509.oid import NameOID  # pylint: disable=import-outside-toplevel
+
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        dns = [str(n) for n in sans.value.get_values_for_type(x509.DNSName)]
+    except x509.ExtensionNotFound:
+        dns = []
+    if dns:
+        return dns
+    return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+
+
+def _name_matches(name, host, dot_nexthop):
+    """Postfix's rules: exact (case-insensitive), a leading "*." for one label,
+    and with dot-nexthop any name below host."""
+    name, host = name.lower().rstrip("."), host.lower().rstrip(".")
+    if name == host:
+        return True
+    if name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:]:
+        return True
+    return dot_nexthop and name.endswith("." + host)
 
 
 def log_source(config_dir="/etc/postfix", maillog_file=None):

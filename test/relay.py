@@ -46,8 +46,9 @@ ALL_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2")
 logging.getLogger("mail.log").setLevel(logging.CRITICAL)
 
 
-def make_certs(cert_dir, hostname):
-    """A throwaway CA and a server certificate for hostname, 127.0.0.1 and localhost."""
+def make_certs(cert_dir, hostname, names=None):
+    """A throwaway CA and a server certificate for names (default: hostname,
+    localhost and 127.0.0.1; an entry that parses as an IP becomes an IP SAN)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "postfix_relay test CA")])
@@ -60,8 +61,7 @@ def make_certs(cert_dir, hostname):
                                        False), critical=True)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName(hostname), x509.DNSName("localhost"),
-             x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    names = [_general_name(n) for n in (names or (hostname, "localhost", "127.0.0.1"))]
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
             .issuer_name(ca_name).public_key(key.public_key())
@@ -83,6 +83,13 @@ def make_certs(cert_dir, hostname):
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
     return paths
+
+
+def _general_name(name):
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def free_port(host):
@@ -143,7 +150,7 @@ class Relay:
 
     def __init__(self, host="127.0.0.1", port=0, tls="starttls", mechanisms=("PLAIN", "LOGIN"),
                  users=None, cert_dir=None, hostname="relay.test", auth_require_tls=True,
-                 store=None, reject_all=False, flaky=0.0, seed=1):
+                 store=None, reject_all=False, flaky=0.0, seed=1, cert_names=None):
         if tls not in ("starttls", "implicit", "none"):
             raise ValueError(f"tls must be starttls, implicit or none, not {tls!r}")
         unknown = set(mechanisms) - set(ALL_MECHANISMS)
@@ -153,6 +160,7 @@ class Relay:
         self.mechanisms = tuple(mechanisms)
         self.users = dict(users or {})
         self.hostname = hostname
+        self.cert_names = cert_names
         self.auth_require_tls = auth_require_tls
         self.store = store
         self.reject_all = reject_all
@@ -173,7 +181,7 @@ class Relay:
             self._tmp = tempfile.mkdtemp(prefix="relay-certs.")
             self.cert_dir = self._tmp
         os.makedirs(self.cert_dir, exist_ok=True)
-        self.certs = make_certs(self.cert_dir, self.hostname)
+        self.certs = make_certs(self.cert_dir, self.hostname, self.cert_names)
         self.ca_file = self.certs["ca"]
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.certs["cert"], self.certs["key"])

@@ -200,16 +200,46 @@ def test_certificate_not_verifying(applier, tmp_path):
     assert "relay:ca_file" in causes(data)
 
 
-def test_certificate_verifies_with_the_right_ca(applier, tmp_path):
-    relay = start_relay(tmp_path)
+# (relay host in the pillar, names on the relay's certificate, CA file given, Postfix sends)
+CERT_CASES = {
+    "right-name-right-ca": ("localhost", ("localhost",), "relay", True),
+    "unknown-ca": ("localhost", ("localhost",), "other", False),
+    "wrong-name": ("localhost", ("wrong.test",), "relay", False),
+    "ip-address-only": ("127.0.0.1", ("127.0.0.1", "localhost"), "relay", False),
+}
+
+
+@pytest.mark.parametrize("case", CERT_CASES)
+def test_tls_secure_probe_agrees_with_postfix(applier, tmp_path, case):
+    """With tls: secure, probe's verdict on the certificate is Postfix's: sent
+    with the right CA and name, mail kept in the queue (never sent in clear)
+    with an unknown CA, a wrong name or a bare IP address (Postfix matches DNS
+    names only)."""
+    host, names, ca, sends = CERT_CASES[case]
+    relay = start_relay(tmp_path, cert_names=names, hostname=names[0])
+    other_ca = None
+    if ca == "other":
+        with Relay(cert_dir=str(tmp_path / "other")) as other:
+            other_ca = other.ca_file
     try:
-        apply_ok(applier, pillar_for(applier, relay, relay={"tls": "secure",
-                                                            "ca_file": relay.ca_file}))
-        code, data = call(applier, "postfix_relay.probe")
+        # native lookup: "localhost" from /etc/hosts, no DNS query leaves the host
+        apply_ok(applier, pillar_for(
+            applier, relay, relay={"host": host, "tls": "secure",
+                                   "ca_file": other_ca or relay.ca_file},
+            main_cf={"smtp_host_lookup": "native"}))
+        _, probed = call(applier, "postfix_relay.probe")
+        code, verified = call(applier, "postfix_relay.verify", "timeout=20")
     finally:
         relay.stop()
-    assert data["tls"]["verified"] is True, data
-    assert data["ok"] is True
+    subprocess.run(["postsuper", "-d", "ALL"], capture_output=True, check=False)
+    assert probed["tls"]["verified"] is sends, probed
+    assert (verified["status"] == "sent") is sends, verified
+    assert probed["ok"] is sends, causes(probed)
+    if not sends:
+        assert code != 0 and verified["status"] == "deferred", verified
+        assert not relay.messages
+        assert "certificate does not verify" in causes(probed)
+        assert not [a for a in relay.auth_attempts if a["user"] is not None]
 
 
 def test_credentials_rejected(applier, tmp_path):

@@ -84,3 +84,17 @@ def test_libsasl2_chooses_as_it_does_for_postfix(offered, options, mech_filter, 
 def test_plain_outside_tls_follows_the_non_tls_options():
     assert sasl.negotiate(["PLAIN"], "", "noanonymous, noplaintext", tls=False)["chosen"] is None
     assert "PLAIN" in sasl.plugins()
+
+
+@pytest.mark.parametrize("name, host, dot_nexthop, match", [
+    ("smtp.example.net", "smtp.example.net", False, True),
+    ("SMTP.Example.NET.", "smtp.example.net", False, True),
+    ("*.example.net", "smtp.example.net", False, True),
+    ("*.example.net", "a.smtp.example.net", False, False),
+    ("*.example.net", "example.net", False, False),
+    ("mx1.example.net", "example.net", True, True),
+    ("mx1.example.net", "example.net", False, False),
+    ("other.example.net", "smtp.example.net", True, False),
+])
+def test_certificate_names_match_as_postfix_matches_them(name, host, dot_nexthop, match):
+    assert relay_mod._name_matches(name, host, dot_nexthop) is match
