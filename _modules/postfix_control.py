@@ -20,8 +20,10 @@ CLI Example:
 import contextlib
 import json
 import os
+import pty
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -36,6 +38,7 @@ HEADER = (
 _UNUSED = re.compile(r"unused parameter: ([a-z0-9_]+)=")
 BACKUP_SUFFIX = ".pre-postfix_relay"
 _RESTART_PARAMS = ("inet_interfaces", "inet_protocols")
+_CHECKED = "postfix_control.checked_main_cf"
 
 
 def __virtual__():
@@ -210,12 +213,61 @@ def check_main_cf(text, config_dir="/etc/postfix"):
         if res["retcode"]:
             problems.append(f"postconf rejects the new main.cf: {res['stderr'].strip()}")
         if not problems:
-            chk = _run(["postfix", "-c", tmp, "check"])
-            if chk["retcode"]:
-                problems.append(f"postfix check failed: {chk['stderr'].strip()}")
+            code, message = _check_with_tty(tmp)
+            if code:
+                problems.append(f"postfix check failed: {message or 'exit code ' + str(code)}")
         return problems
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_with_tty(config_dir):
+    """``postfix check``, its messages captured: postfix(1) prints them on stderr
+    only when stderr is a terminal (else they go to a syslog that may not run)."""
+    main, sub = pty.openpty()
+    try:
+        proc = subprocess.Popen(  # pylint: disable=consider-using-with
+            ["postfix", "-c", config_dir, "check"], stdin=subprocess.DEVNULL,
+            stdout=sub, stderr=sub, close_fds=True)
+    finally:
+        os.close(sub)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(main, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(main)
+    code = proc.wait(timeout=60)
+    return code, b"".join(chunks).decode(errors="replace").replace("\r", "").strip()
+
+
+def precheck_main_cf(params, config_dir="/etc/postfix"):
+    """
+    Problems Postfix finds in the main.cf that ``params`` would give, checked
+    while the SLS renders (before any file changes). Empty when main.cf would
+    not change or Postfix is not installed yet (then the main_cf state checks).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.precheck_main_cf '{"relayhost": "[smtp.example.net]:587"}'
+    """
+    if not shutil.which("postconf"):
+        return []
+    text = render_main_cf(complete_params(params, config_dir))
+    if read_file(os.path.join(config_dir, "main.cf")) == text:
+        return []
+    problems = check_main_cf(text, config_dir)
+    if not problems:
+        __context__[_CHECKED] = text  # install_main_cf needs not check it again
+    return problems
 
 
 def install_main_cf(params, config_dir="/etc/postfix"):
@@ -235,7 +287,7 @@ def install_main_cf(params, config_dir="/etc/postfix"):
     old = read_file(path)
     if old == text:
         return {}
-    problems = check_main_cf(text, config_dir)
+    problems = [] if __context__.get(_CHECKED) == text else check_main_cf(text, config_dir)
     if problems:
         raise CommandExecutionError("; ".join(problems))
     backup = path + BACKUP_SUFFIX
@@ -275,7 +327,7 @@ def restore_main_cf(config_dir="/etc/postfix", dist_main_cf=None, test=False):
         origin = dist_main_cf or "Postfix defaults"
     if test:
         return f"main.cf would be restored from {origin}"
-    problems = check_main_cf(text, config_dir)
+    problems = [] if __context__.get(_CHECKED) == text else check_main_cf(text, config_dir)
     if problems:
         raise CommandExecutionError("; ".join(problems))
     __utils__["postfix_files.write_atomic"](path, text)
@@ -427,6 +479,40 @@ def status(config_dir="/etc/postfix"):
     if init_managed():
         return bool(__salt__["service.status"]("postfix"))
     return _master_pid(facts(config_dir)["queue_directory"]) is not None
+
+
+def deferred_count(config_dir="/etc/postfix"):
+    """
+    Messages waiting in the deferred queue (files counted, no Postfix command).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.deferred_count
+    """
+    root = os.path.join(facts(config_dir)["queue_directory"], "deferred")
+    return sum(len(files) for _, _, files in os.walk(root))
+
+
+def flush(config_dir="/etc/postfix"):
+    """
+    Retry the deferred mail now (``postqueue -f``), as after fixing the relay
+    settings; without it, deferred mail waits up to maximal_backoff_time.
+    Returns how many messages were waiting.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.flush
+    """
+    waiting = deferred_count(config_dir)
+    if waiting:
+        res = _run(["postqueue", "-c", config_dir, "-f"])
+        if res["retcode"]:
+            raise CommandExecutionError(f"postqueue -f failed: {res['stderr'].strip()}")
+    return waiting
 
 
 def _postfix(action, config_dir):

@@ -368,6 +368,7 @@ def normalise(pillar, grains, host):
         "recipient_rules": recipient_rules(hostname, recipient)
         if recipient_mode == "local" else "",
         "main_cf": params,
+        "extra_params": sorted(extra),
         "log_file": log_file,
     }
 
@@ -478,24 +479,38 @@ def redact(result):
     return shown
 
 
-def get(pillar=None, lookup=None, show_secrets=False):
+def _precheck(result, config_dir):
+    """Postfix's own check of the resulting main.cf, its complaint pinned on
+    the pillar key behind the parameter it names."""
+    problems = __salt__["postfix_control.precheck_main_cf"](result["main_cf"], config_dir)
+    for problem in problems:
+        named = [n for n in result["extra_params"] if re.search(rf"\b{n}\b", problem)]
+        key = f"main_cf:{named[0]}" if named else "main_cf"
+        _fail(key, f"Postfix refuses the resulting main.cf: {problem}")
+
+
+def get(pillar=None, lookup=None, show_secrets=False, check=False):
     """
     Validate the ``postfix_relay`` pillar and return the normalised settings.
 
     Raises an error naming the pillar key when a value is refused. ``lookup``
     is the formula's os_family map (config_dir, ca_bundle). The password is
     masked unless ``show_secrets`` is true (only the SLS asks for it, while
-    rendering on the minion; it never reaches a job return).
+    rendering on the minion; it never reaches a job return). With ``check``,
+    Postfix itself checks the main.cf these settings give (``postconf``,
+    ``postfix check``) and a complaint fails here too, naming the key.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call postfix_relay_settings.get
+        salt-call postfix_relay_settings.get check=True
     """
     if pillar is None:
         pillar = __pillar__.get(PILLAR_ROOT)
     if isinstance(pillar, dict):
         pillar = {k: v for k, v in pillar.items() if k != "lookup"}
     result = normalise(pillar, __grains__, _host_facts(lookup or {}))
+    if check:
+        _precheck(result, (lookup or {}).get("config_dir", "/etc/postfix"))
     return result if show_secrets else redact(result)

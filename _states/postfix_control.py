@@ -135,7 +135,8 @@ def running(name="postfix", enable=True, config_dir="/etc/postfix", prestart=Non
     Keep Postfix running (and enabled at boot).
 
     With ``watch``, a change reloads Postfix, or restarts it when
-    inet_interfaces/inet_protocols or the SMTP listener changed.
+    inet_interfaces/inet_protocols or the SMTP listener changed. After a start,
+    reload or restart, deferred mail is retried at once (``postqueue -f``).
 
     prestart
         Command (argv list) run before starting without an init system, as the
@@ -160,7 +161,21 @@ def running(name="postfix", enable=True, config_dir="/etc/postfix", prestart=Non
     how = "by init system" if mod["postfix_control.init_managed"]() else \
         "with `postfix start` (no init system running)"
     ret["comment"] = f"Postfix started {how}{ret['comment']}"
+    _flush(ret, config_dir)
     return ret
+
+
+def _flush(ret, config_dir):
+    """Mail deferred under the old settings (or while Postfix was down) is
+    retried now instead of after its backoff time."""
+    try:
+        waiting = __salt__["postfix_control.flush"](config_dir)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret["comment"] += f"; deferred mail not flushed: {exc}"
+        return
+    if waiting:
+        ret["changes"]["flushed"] = waiting
+        ret["comment"] += f"; {waiting} deferred message(s) retried"
 
 
 def _watched_changes():
@@ -196,4 +211,5 @@ def mod_watch(name, sfun=None, config_dir="/etc/postfix", prestart=None, **kwarg
         return ret
     ret["changes"] = {action: True}
     ret["comment"] = "Postfix restarted" if restart else "Postfix reloaded"
+    _flush(ret, config_dir)
     return ret

@@ -1,7 +1,7 @@
 {%- from "postfix_relay/map.jinja" import postfix_relay with context %}
 {#- Validates the whole pillar while rendering: a bad value stops the run here,
     before any state has changed the host. #}
-{%- set s = salt["postfix_relay_settings.get"](lookup=postfix_relay.lookup, show_secrets=True) %}
+{%- set s = salt["postfix_relay_settings.get"](lookup=postfix_relay.lookup, show_secrets=True, check=True) %}
 {%- set conf = postfix_relay.lookup.config_dir %}
 
 include:

@@ -50,12 +50,22 @@ def test_bad_pillar_fails_naming_the_key_and_changes_nothing(applied, over, key,
     assert {p: file_state(p) for p in before} == stamps
 
 
-def test_unknown_main_cf_parameter_is_refused_by_postfix_before_going_live(applied):
+@pytest.mark.parametrize("main_cf, words", [
+    ({"smtp_tls_securty_level": "encrypt"},
+     "main_cf:smtp_tls_securty_level: Postfix refuses the resulting main.cf: "
+     "main_cf:smtp_tls_securty_level: Postfix does not know this parameter"),
+    ({"default_process_limit": "abc"},
+     "main_cf:default_process_limit: Postfix refuses the resulting main.cf: postfix check "
+     "failed: postfix: fatal: bad numerical configuration: default_process_limit = abc"),
+])
+def test_main_cf_postfix_refuses_fails_before_any_file_changes(applied, main_cf, words):
+    """Postfix's own check runs while the SLS renders: with a new password
+    too, neither the password table nor main.cf is touched."""
     before = snapshot()
-    res = applied.apply(applied.pillar(main_cf={"smtp_tls_securty_level": "encrypt"}))
+    res = applied.apply(applied.pillar(main_cf=main_cf, relay={"password": "new-pw-2741"}))
     assert res.returncode != 0
     text = res.stdout + res.stderr
-    assert "main_cf:smtp_tls_securty_level: Postfix does not know this parameter" in text
+    assert f"pillar postfix_relay:{words}" in text, text[-2000:]
     assert snapshot() == before
 
 
