@@ -27,7 +27,7 @@ label = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?\Z")
 dns = st.builds(".".join, st.lists(label, min_size=1, max_size=4))
 nasty = st.sampled_from(NASTY) | st.text(max_size=30) | st.integers(-5, 70000) | st.none()
 local = st.from_regex(r"\A[A-Za-z0-9!#%&'*+/=?^_`|~-]{1,12}\Z")
-address = st.builds(lambda l, d: f"{l}@{d}", local, dns)
+address = st.builds(lambda part, d: f"{part}@{d}", local, dns)
 value = (nasty | st.booleans() | st.lists(nasty, max_size=3) | st.text(max_size=2000)
          | st.sampled_from(["$myhostname", "${myhostname}", "10240000", "yes", "5d"]))
 # Fields that may be given a bad value (one per example, or none).
