@@ -95,7 +95,7 @@ def facts(config_dir="/etc/postfix"):
     if cached.get("key") != key:
         cached = {"key": key, "facts": _read_facts(config_dir)}
         with contextlib.suppress(OSError):
-            os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+            __utils__["postfix_files.private_dir"](os.path.dirname(cache_file))
             __utils__["postfix_files.write_atomic"](cache_file, json.dumps(cached),
                                                    backdate_mtime=False)
     __context__["postfix_control.facts"] = cached

@@ -514,3 +514,15 @@ def get(pillar=None, lookup=None, show_secrets=False, check=False):
     if check:
         _precheck(result, (lookup or {}).get("config_dir", "/etc/postfix"))
     return result if show_secrets else redact(result)
+
+
+def password_entries(saltenv="base"):
+    """
+    The password table's entries (``{relayhost: "user:password"}``, empty
+    without SASL), for ``postmap.managed entries_from``: read from the pillar
+    when the state runs, so the password is never part of the rendered state
+    data that Salt caches on disk. The value holds the password: this is for
+    states, not for the command line.
+    """
+    return get(lookup=lookup(saltenv), show_secrets=True)["password_entries"]
+

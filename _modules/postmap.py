@@ -373,9 +373,12 @@ def _read_stamp(path):
 def _write_stamp(path, digest, files):
     target = _stamp_file(path)
     with contextlib.suppress(OSError):
-        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        __utils__["postfix_files.private_dir"](os.path.dirname(target))
         tmp = f"{target}.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as handle:
+        # The digest is of the table text, secrets included: root-only.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump({"digest": digest, "compiled": [_stat_key(f) for f in files]}, handle)
         os.replace(tmp, target)
 

@@ -11,6 +11,14 @@ table, always in sync, rebuilt atomically, never more readable than declared.
         - mode: "0600"
         - secret: true          # changes show keys only, never values
 
+    # Secrets kept out of the rendered state data (which Salt caches in its
+    # cachedir as highstate.cache.p): an execution function returns the entries
+    # while the state runs.
+    /etc/postfix/sasl/passwd:
+      postmap.managed:
+        - entries_from: postfix_relay_settings.password_entries
+        - secret: true
+
     /etc/postfix/old_map:
       postmap.absent: []
 
@@ -45,15 +53,17 @@ def _text(entries, source, contents, saltenv):
 
 def managed(name, entries=None, source=None, contents=None, map_type=None, mode="0600",
             user="root", group="root", secret=False, config_dir="/etc/postfix",
-            saltenv="base"):
+            saltenv="base", entries_from=None):
     """
     Keep a lookup table in sync: source as declared, compiled table (indexed
     types) present, current and holding exactly the source's entries.
 
     name
         Path of the source file; the compiled table is written beside it.
-    entries / source / contents
-        The table as a mapping, a ``salt://`` file, or text. Exactly one.
+    entries / source / contents / entries_from
+        The table as a mapping, a ``salt://`` file, text, or the name of an
+        execution function that returns the mapping when the state runs (so
+        secrets never sit in the rendered SLS). Exactly one.
     map_type
         Table type; default: Postfix's ``default_database_type``.
     secret
@@ -61,6 +71,17 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     mod = __salt__
+    try:
+        if entries_from is not None:
+            if entries is not None:
+                raise ValueError("give exactly one of entries, source, contents or "
+                                 "entries_from")
+            entries = mod[entries_from]()
+            if not isinstance(entries, dict):
+                raise ValueError(f"{entries_from} did not return a mapping of entries")
+    except Exception as exc:  # pylint: disable=broad-except
+        ret.update(result=False, comment=f"entries_from {entries_from}: {exc}")
+        return ret
     secrets = [str(v) for v in (entries or {}).values()] if secret else []
     try:
         text = _text(entries, source, contents, saltenv)

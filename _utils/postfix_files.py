@@ -54,3 +54,12 @@ def write_atomic(path, text, mode=0o644, backdate_mtime=True):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def private_dir(path):
+    """Create path (root-only), or make an existing one root-only again: the
+    formula's caches must not be writable by others, whatever the umask was."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path

@@ -22,7 +22,8 @@ postfix-relay-config-password-table:
 {%- if s.sasl %}
   postmap.managed:
     - name: {{ s.tables.password }}
-    - entries: {{ s.password_entries | json }}
+    {#- read when the state runs: the password stays out of Salt's state cache #}
+    - entries_from: postfix_relay_settings.password_entries
     {%- if s.map_type %}
     - map_type: {{ s.map_type }}
     {%- endif %}
