@@ -141,9 +141,12 @@ def complete_params(params, config_dir="/etc/postfix"):
 
 
 def render_main_cf(params):
-    """Render a params dict as main.cf text (one ``name = value`` line each)."""
+    """Render a params dict as main.cf text (one ``name = value`` line each):
+    compatibility_level first, then by name, so the text depends only on the
+    values (SLS data may arrive in another order than Python built it)."""
     lines = [HEADER]
-    lines.extend(f"{name} = {value}".rstrip() + "\n" for name, value in params.items())
+    names = sorted(params, key=lambda name: (name != "compatibility_level", name))
+    lines.extend(f"{name} = {params[name]}".rstrip() + "\n" for name in names)
     return "".join(lines)
 
 

@@ -98,3 +98,15 @@ def test_plain_outside_tls_follows_the_non_tls_options():
 ])
 def test_certificate_names_match_as_postfix_matches_them(name, host, dot_nexthop, match):
     assert relay_mod._name_matches(name, host, dot_nexthop) is match
+
+
+def test_main_cf_text_does_not_depend_on_parameter_order():
+    """The SLS hands the parameters over sorted; the render-time check builds
+    them in Python's order: both must give the same text, or a no-op apply
+    would check (and could rewrite) main.cf every time."""
+    control = load_module("_modules/postfix_control.py")
+    params = {"relayhost": "[a.example]:587", "compatibility_level": "3.6", "alias_maps": ""}
+    text = control.render_main_cf(params)
+    assert text == control.render_main_cf(dict(reversed(list(params.items()))))
+    assert text.splitlines()[2:] == ["compatibility_level = 3.6", "alias_maps =",
+                                     "relayhost = [a.example]:587"]
