@@ -339,6 +339,47 @@ def restore_main_cf(config_dir="/etc/postfix", dist_main_cf=None, test=False):
     return f"main.cf restored from {origin}"
 
 
+def missing_alias_databases(config_dir="/etc/postfix"):
+    """
+    The indexed alias databases (``alias_database``) whose compiled file is
+    missing or older than its source: local delivery defers all mail while
+    one is missing ("alias database unavailable").
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.missing_alias_databases
+    """
+    res = _run(["postconf", "-c", config_dir, "-h", "-x", "alias_database"])
+    missing = []
+    for table in re.split(r"[\s,]+", res["stdout"].strip()):
+        map_type, _, path = table.partition(":")
+        compiled = __salt__["postmap.compiled_files"](path, map_type)
+        if not compiled or not os.path.exists(path):
+            continue
+        if any(not os.path.exists(f) or os.path.getmtime(f) < os.path.getmtime(path)
+               for f in compiled):
+            missing.append(table)
+    return missing
+
+
+def newaliases(config_dir="/etc/postfix"):
+    """
+    Build the alias databases (``newaliases``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.newaliases
+    """
+    res = _run(["newaliases", "-C", config_dir])
+    if res["retcode"]:
+        raise CommandExecutionError(f"newaliases failed: {res['stderr'].strip()}")
+    return True
+
+
 def _master_entries(config_dir):
     """Active master.cf entries as (service, type, fields) tuples."""
     text = read_file(os.path.join(config_dir, "master.cf")) or ""

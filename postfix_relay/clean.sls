@@ -29,6 +29,13 @@ postfix-relay-clean-{{ id }}:
       - postfix_control: postfix-relay-clean-main-cf
 {%- endfor %}
 
+postfix-relay-clean-aliases:
+  postfix_control.aliases_built:
+    - name: {{ conf }}/main.cf
+    - config_dir: {{ conf }}
+    - require:
+      - postfix_control: postfix-relay-clean-main-cf
+
 postfix-relay-clean-service:
   postfix_control.running:
     - name: postfix

@@ -4,11 +4,15 @@ on the host changes; clean undoes the formula. Runs on the host's real Postfix.
 """
 
 import os
+import pathlib
 import subprocess
+import time
 
 import pytest
 
-from conftest import PASSWORD, dump, file_state, new_token, send_with_sendmail
+from conftest import MAILLOG, PASSWORD, dump, file_state, new_token, send_with_sendmail
+
+ROOT_MAILBOX = "/var/mail/root"
 
 LIVE = ("/etc/postfix/main.cf", "/etc/postfix/master.cf", "/etc/postfix/sasl/passwd",
         "/etc/postfix/sasl/passwd.db")
@@ -69,25 +73,58 @@ def test_main_cf_postfix_refuses_fails_before_any_file_changes(applied, main_cf,
     assert snapshot() == before
 
 
-def test_clean_restores_postfix_and_removes_the_password(applied, relay):
+def delivered_locally(token, timeout=30):
+    """True once the message carrying token is in root's mailbox."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(ROOT_MAILBOX) and token in open(ROOT_MAILBOX, errors="replace").read():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("before", ["saved-main-cf", "no-configuration-install"])
+def test_clean_removes_every_secret_and_postfix_delivers_locally(applied, before):
+    """clean puts back the host's own main.cf (saved at the first apply), or on
+    a host installed with "No configuration" (no main.cf, no aliases.db) the
+    distro's template on loopback, and builds the alias database."""
+    res = applied.apply(applied.pillar())
+    assert res.returncode == 0, dump(res)
+    saved = pathlib.Path("/etc/postfix/main.cf.pre-postfix_relay")
+    if before == "no-configuration-install":
+        saved.unlink(missing_ok=True)
+        pathlib.Path("/etc/aliases.db").unlink(missing_ok=True)
+    else:
+        saved.write_text("# the host's own main.cf\ninet_interfaces = loopback-only\n"
+                         "mydestination = $myhostname, localhost\n")
+    expected = saved.read_text() if saved.exists() else None
     res = applied.apply(sls="postfix_relay.clean")
     assert res.returncode == 0, dump(res)
-    assert not os.path.exists("/etc/postfix/sasl/passwd")
-    assert not os.path.exists("/etc/postfix/sasl/passwd.db")
-    assert subprocess.run(["postfix", "check"], capture_output=True).returncode == 0
-    for root in ("/etc/postfix",):
+    main_cf = pathlib.Path("/etc/postfix/main.cf").read_text()
+    if expected is not None:
+        assert main_cf == expected and not saved.exists()
+    else:
+        assert main_cf.startswith(pathlib.Path("/usr/share/postfix/main.cf.debian").read_text())
+        assert main_cf.endswith("inet_interfaces = loopback-only\n")
+    for table in ("/etc/postfix/sasl/passwd", "/etc/postfix/reply_to_header"):
+        for suffix in ("", ".db", ".lmdb", ".cdb"):
+            assert not os.path.exists(table + suffix)
+    for root in ("/etc/postfix", "/var/spool/postfix"):
         for dirpath, _, files in os.walk(root):
             for name in files:
                 path = os.path.join(dirpath, name)
-                with open(path, "rb") as handle:
-                    assert PASSWORD.encode() not in handle.read(), path
-    conf = subprocess.run(["postconf", "-h", "relayhost", "mydestination"],
-                          capture_output=True, text=True, check=True).stdout.splitlines()
-    assert conf[0] == ""  # no relay any more
-    assert "localhost" in conf[1]  # delivers locally again
-    # Postfix still runs and accepts mail for local delivery.
+                if os.path.isfile(path):
+                    with open(path, "rb") as handle:
+                        assert PASSWORD.encode() not in handle.read(), path
+    assert subprocess.run(["postfix", "check"], capture_output=True).returncode == 0
+    assert subprocess.run(["postconf", "-h", "relayhost"], capture_output=True,
+                          text=True).stdout.strip() == ""
+    # Postfix runs and delivers root's mail to its mailbox on this host.
     assert subprocess.run(["postfix", "status"], capture_output=True).returncode == 0
-    send_with_sendmail("root", new_token())
+    token = new_token()
+    send_with_sendmail("root", token)
+    assert delivered_locally(token), subprocess.run(
+        ["tail", "-5", str(MAILLOG)], capture_output=True, text=True).stdout
     # Re-apply: the formula takes over again from a cleaned host.
     res = applied.apply(applied.pillar())
     assert res.returncode == 0, dump(res)
