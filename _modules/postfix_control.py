@@ -118,17 +118,19 @@ def _read_facts(config_dir):
 
 
 def compatibility_level(mail_version):
-    """The newest compatibility level the installed Postfix knows.
+    """The installed Postfix's own compatibility level, as its main.cf.dist
+    sets it for a new install.
 
     Postfix does not print it (`postconf -d compatibility_level` says 0), so it
-    follows from the release: 3.6 introduced level 3.6, 3.0 level 2.
+    follows from the release: since 3.6 the level is the release itself (3.7
+    on Debian 12, 3.10 on Debian 13); 3.0 to 3.5 know level 2.
     """
     try:
         major, minor = (int(x) for x in str(mail_version).split(".")[:2])
     except ValueError:
         return "2"
     if (major, minor) >= (3, 6):
-        return "3.6"
+        return f"{major}.{minor}"
     return "2" if major >= 3 else "1"
 
 
@@ -227,7 +229,11 @@ def check_main_cf(text, config_dir="/etc/postfix"):
 def _check_with_tty(config_dir):
     """``postfix check``, its messages captured: postfix(1) prints them on stderr
     only when stderr is a terminal (else they go to a syslog that may not run)."""
-    main, sub = pty.openpty()
+    try:
+        main, sub = pty.openpty()
+    except OSError:  # no pseudo-terminals here (a bare chroot): exit code only
+        res = _run(["postfix", "-c", config_dir, "check"])
+        return res["retcode"], (res["stderr"] or res["stdout"]).strip()
     try:
         proc = subprocess.Popen(  # pylint: disable=consider-using-with
             ["postfix", "-c", config_dir, "check"], stdin=subprocess.DEVNULL,

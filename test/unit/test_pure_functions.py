@@ -110,3 +110,12 @@ def test_main_cf_text_does_not_depend_on_parameter_order():
     assert text == control.render_main_cf(dict(reversed(list(params.items()))))
     assert text.splitlines()[2:] == ["compatibility_level = 3.6", "alias_maps =",
                                      "relayhost = [a.example]:587"]
+
+
+@pytest.mark.parametrize("release, level", [
+    ("3.7.11", "3.7"), ("3.10.13", "3.10"), ("3.6.0", "3.6"), ("3.5.25", "2"),
+    ("2.11.3", "1"), ("unknown", "2"),
+])
+def test_compatibility_level_is_the_releases_own(release, level):
+    control = load_module("_modules/postfix_control.py")
+    assert control.compatibility_level(release) == level
