@@ -2,7 +2,8 @@
 A second Debian release for real: Debian 13 (trixie) made by debootstrap from
 Debian's mirror, Salt (the pinned release, in a venv inside it) and the formula
 applied inside, its own Postfix started there, mail relayed to a test relay on
-the machine's loopback (the chroot shares the network).
+the machine's loopback (the chroot shares the network, so its Postfix runs with
+`listen: none`: port 25 on loopback stays the machine's).
 """
 
 import pathlib
@@ -73,7 +74,7 @@ def build(root):
     return chroot
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def trixie(tmp_path_factory):
     root = tmp_path_factory.mktemp("debian13") / "root"
     chroot = build(root)

@@ -38,6 +38,7 @@ def salt_call(trixie, *args):
 def apply(trixie, relay, *extra):
     pillar = {"postfix_relay": {
         "domain": "example.org", "recipient": "me@example.org", "reply_to": "me@example.org",
+        "listen": "none",
         "relay": {"host": "127.0.0.1", "port": relay.port, "username": "trixie",
                   "password": PASSWORD}}}
     path = trixie.path("/srv/pillar/postfix_relay.sls")
