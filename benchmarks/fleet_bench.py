@@ -43,6 +43,8 @@ def write_master(work, relay):
     pillar.mkdir()
     for name in ("postfix_relay", "_modules", "_states", "_utils"):
         (files / name).symlink_to(REPO / name)
+    (files / "floor").mkdir()
+    (files / "floor" / "init.sls").write_text("floor-nop:\n  test.nop: []\n")
     (pillar / "top.sls").write_text("base:\n  '*':\n    - postfix_relay\n")
     (pillar / "postfix_relay.sls").write_text(
         "postfix_relay:\n  domain: example.org\n  recipient: admin@example.org\n"
@@ -108,13 +110,14 @@ def fleet_run(size, relay, noop_runs):
                   not all(s["result"] for s in states.values())]
         if len(data) != size or failed:
             sys.exit(f"apply failed on {failed or 'some minions'}")
-        noops = []
+        noops, floors = [], []
         for _ in range(noop_runs):
             elapsed, data = salt(conf, "state.apply", "postfix_relay")
             if any(s["changes"] for states in data.values() for s in states.values()):
                 sys.exit("the re-apply was not a no-op")
             noops.append(elapsed)
-        return first, statistics.median(noops)
+            floors.append(salt(conf, "state.apply", "floor")[0])
+        return first, statistics.median(noops), statistics.median(floors)
     finally:
         for proc in minions + [master]:
             proc.terminate()
@@ -138,14 +141,15 @@ def main():
     with Relay(tls="starttls", users={"bench": "bench-pw"}) as relay:
         for size in sizes:
             results[size] = fleet_run(size, relay, args.noop_runs)
-    base_first, base_noop = results[sizes[0]]
-    print(f"{'minions':>8}{'first apply s':>15}{'no-op s':>10}{'first/1':>9}{'no-op/1':>9}")
+    base_first, base_noop, base_floor = results[sizes[0]]
+    print(f"{'minions':>8}{'first apply s':>15}{'no-op s':>10}{'salt floor s':>14}"
+          f"{'first/1':>9}{'no-op/1':>9}{'floor/1':>9}")
     for size in sizes:
-        first, noop = results[size]
-        print(f"{size:>8}{first:>15.2f}{noop:>10.2f}{first / base_first:>9.2f}"
-              f"{noop / base_noop:>9.2f}")
-    print(f"target: {sizes[-1]} minions at most 1.5x the time of {sizes[0]} "
-          f"(no-op: median of {args.noop_runs})")
+        first, noop, floor = results[size]
+        print(f"{size:>8}{first:>15.2f}{noop:>10.2f}{floor:>14.2f}{first / base_first:>9.2f}"
+              f"{noop / base_noop:>9.2f}{floor / base_floor:>9.2f}")
+    print(f"target: {sizes[-1]} minions at most 1.5x the time of {sizes[0]}; salt floor = "
+          f"state.apply of one test.nop on the same fleet (medians of {args.noop_runs})")
 
 
 if __name__ == "__main__":
