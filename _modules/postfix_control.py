@@ -401,6 +401,27 @@ def _master_entries(config_dir):
     return entries
 
 
+def smtp_chroot_dir(config_dir="/etc/postfix", default=""):
+    """
+    Where Postfix's smtp client (the relay transport) runs chrooted: the queue
+    directory when master.cf says so for smtp/unix, else "". ``default`` when
+    master.cf is not there yet (Postfix not installed).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_control.smtp_chroot_dir
+    """
+    if not os.path.exists(os.path.join(config_dir, "master.cf")):
+        return default
+    for fields in _master_entries(config_dir):
+        if fields[:2] == ["smtp", "unix"] and len(fields) > 4:
+            # "-" is the built-in default: no chroot
+            return facts(config_dir)["queue_directory"] if fields[4] == "y" else ""
+    return ""
+
+
 def smtpd_listening(config_dir="/etc/postfix"):
     """
     True when master.cf runs an SMTP server on port 25 (``smtp inet ...``).
@@ -577,9 +598,21 @@ def _prepare_chroot(config_dir, prestart):
     """Run the distro's pre-start helper (Debian copies resolv.conf etc. into
     the smtp chroot), as its init script would."""
     if prestart and os.path.exists(prestart[0]):
+        if _runs_itself(prestart[0]):
+            return
         res = _run(list(prestart), env={"MAIL_CONFIG": config_dir})
         if res["retcode"]:
             raise CommandExecutionError(f"{prestart[0]} failed: {res['stderr'].strip()}")
+
+
+def _runs_itself(script):
+    """Debian's Postfix 3.11 runs configure-instance.sh from `postfix start`
+    itself and refuses to be called from outside."""
+    try:
+        with open(script, encoding="utf-8", errors="replace") as handle:
+            return "internal script used by postfix" in handle.read()
+    except OSError:
+        return False
 
 
 def _control(action, config_dir, prestart):

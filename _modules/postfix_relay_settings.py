@@ -14,6 +14,7 @@ CLI Example:
 """
 
 import ipaddress
+import json
 import os
 import re
 
@@ -31,8 +32,14 @@ KNOWN_KEYS = {
     "listen", "relay", "main_cf", "log_file", "password_map",
 }
 KNOWN_RELAY_KEYS = {
-    "host", "port", "mx", "username", "password", "tls", "ca_file", "mechanisms",
+    "host", "port", "mx", "username", "password", "tls", "ca_file", "mechanisms", "oauth2",
 }
+KNOWN_OAUTH2_KEYS = {"token_endpoint", "client_id", "client_secret", "refresh_token", "ca_file"}
+# Where a host without the XOAUTH2 plugin in its package sources finds it.
+XOAUTH2_SOURCES = ("Debian has it in experimental (0.27, with Postfix 3.11 from unstable), "
+                   "Ubuntu in ppa:sasl-xoauth2/stable, Fedora and EPEL as sasl-xoauth2; "
+                   "add the source (or install the package), then apply again")
+XOAUTH2_DIR = "/etc/sasl-xoauth2"  # as Postfix's smtp process sees it (in its chroot)
 # Parameters whose override from `main_cf` would leak the password or send it
 # in clear; refused instead of silently weakening the setup.
 FORBIDDEN_EXTRA = {
@@ -178,6 +185,30 @@ def mechanisms(key, value):
     return names
 
 
+def oauth2_settings(key, value, host):
+    """Validate relay:oauth2 (XOAUTH2 through the sasl-xoauth2 plugin)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        _fail(key, "must be a mapping with token_endpoint, client_id and refresh_token")
+    unknown = sorted(set(value) - KNOWN_OAUTH2_KEYS)
+    if unknown:
+        _fail(f"{key}:{unknown[0]}", "is not a known key "
+              f"(known: {', '.join(sorted(KNOWN_OAUTH2_KEYS))})")
+    endpoint = _text(f"{key}:token_endpoint", value.get("token_endpoint"), required=True)
+    if not re.match(r"^https://[^/\s]+(/\S*)?$", endpoint):
+        _fail(f"{key}:token_endpoint", f"{endpoint!r} is not an https:// URL")
+    return {
+        "token_endpoint": endpoint,
+        "client_id": _text(f"{key}:client_id", value.get("client_id"), required=True),
+        "client_secret": _text(f"{key}:client_secret", value.get("client_secret")),
+        "refresh_token": _text(f"{key}:refresh_token", value.get("refresh_token"),
+                               required=True),
+        "ca_file": absolute_path(f"{key}:ca_file", value.get("ca_file"), must_exist=True)
+        or host.get("ca_bundle"),
+    }
+
+
 def extra_value(key, value):
     """Render one `main_cf` value the way main.cf spells it."""
     if isinstance(value, bool):
@@ -274,6 +305,13 @@ def normalise(pillar, grains, host):
         _fail("relay:mx", "must be true or false")
     username = _text("relay:username", relay.get("username"))
     password = _text("relay:password", relay.get("password"), allow_space=True)
+    oauth2 = oauth2_settings("relay:oauth2", relay.get("oauth2"), host)
+    if oauth2 and password is not None:
+        _fail("relay:password", "give either relay:password or relay:oauth2, not both")
+    if oauth2 and username is None:
+        _fail("relay:username", "is required with relay:oauth2 (the mailbox that logs in)")
+    if oauth2:
+        password = f"{XOAUTH2_DIR}/{rhost}-{rport}.json"  # the token file is the "password"
     if (username is None) != (password is None):
         missing = "relay:password" if password is None else "relay:username"
         _fail(missing, "is required when "
@@ -293,6 +331,10 @@ def normalise(pillar, grains, host):
     if tls in ("verify", "secure") and ca_file is None:
         ca_file = host.get("ca_bundle")
     mechs = mechanisms("relay:mechanisms", relay.get("mechanisms"))
+    if oauth2:
+        if mechs not in ([], ["xoauth2"]):
+            _fail("relay:mechanisms", "must be empty or [xoauth2] with relay:oauth2")
+        mechs = ["xoauth2"]
     if mechs and not sasl:
         _fail("relay:mechanisms", "only applies with relay:username and relay:password")
 
@@ -368,6 +410,19 @@ def normalise(pillar, grains, host):
         "recipient_rules": recipient_rules(hostname, recipient)
         if recipient_mode == "local" else "",
         "main_cf": params,
+        "oauth2": oauth2,
+        # the token file as Postfix's smtp process sees it (the table's "password")
+        "oauth2_token_path": password if oauth2 else None,
+        # where those paths lie on this host: in smtp's chroot when it has one
+        "xoauth2_root": host.get("smtp_chroot_dir", "") if oauth2 else None,
+        # the plugin's own config: no secrets (those go in the 0600 token file)
+        # (the plugin does not load without a client_secret key: the real one,
+        # if any, is in the token file, which overrides this)
+        "xoauth2_conf": json.dumps({
+            "client_id": oauth2["client_id"], "client_secret": "",
+            "token_endpoint": oauth2["token_endpoint"],
+            "log_to_syslog_on_failure": "yes", "log_full_trace_on_failure": "no",
+        }, indent=1) + "\n" if oauth2 else None,
         "extra_params": sorted(extra),
         "log_file": log_file,
     }
@@ -422,8 +477,14 @@ def _host_facts(lookup):
         map_types = __salt__["postfix_control.facts"](config_dir)["map_types"]
     except Exception:  # pylint: disable=broad-except
         map_types = []  # not installed yet: package.sls installs it first
+    try:
+        chroot = __salt__["postfix_control.smtp_chroot_dir"](
+            config_dir, lookup.get("smtp_chroot_dir", ""))
+    except Exception:  # pylint: disable=broad-except
+        chroot = lookup.get("smtp_chroot_dir", "")
     return {
         "map_types": map_types,
+        "smtp_chroot_dir": chroot,
         "config_dir": config_dir,
         "ca_bundle": lookup.get("ca_bundle"),
         "has_syslog": os.path.exists("/dev/log"),
@@ -472,6 +533,9 @@ def lookup(saltenv="base"):
 def redact(result):
     """The settings without the password (what a CLI call may show)."""
     shown = dict(result)
+    if result.get("oauth2"):
+        shown["oauth2"] = {k: ("********" if k in ("client_secret", "refresh_token") and v
+                               else v) for k, v in result["oauth2"].items()}
     shown["password_entries"] = {
         key: value.split(":", 1)[0] + ":********"
         for key, value in result["password_entries"].items()
@@ -525,4 +589,47 @@ def password_entries(saltenv="base"):
     states, not for the command line.
     """
     return get(lookup=lookup(saltenv), show_secrets=True)["password_entries"]
+
+
+def oauth2_token_file(saltenv="base"):
+    """
+    What the XOAUTH2 token file starts with (refresh token, client, endpoint,
+    the CA bundle as the plugin sees it), for ``postfix_xoauth2.token_file``:
+    read when the state runs, so the secrets stay out of the rendered state
+    data. Holds secrets: for states, not for the command line.
+    """
+    oauth2 = get(lookup=lookup(saltenv), show_secrets=True)["oauth2"] or {}
+    data = {"refresh_token": oauth2.get("refresh_token"), "client_id": oauth2.get("client_id"),
+            "token_endpoint": oauth2.get("token_endpoint"),
+            "ca_bundle_file": f"{XOAUTH2_DIR}/ca.pem"}
+    if oauth2.get("client_secret"):
+        data["client_secret"] = oauth2["client_secret"]
+    return data
+
+
+def packages(values=None):
+    """
+    The packages to install: the os_family's, plus the XOAUTH2 plugin when
+    relay:oauth2 is set; refused, before anything changes, when this host's
+    package sources don't offer the plugin.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay_settings.packages
+    """
+    values = values or lookup()
+    pkgs = list(values.get("packages") or [])
+    relay = (__pillar__.get(PILLAR_ROOT) or {}).get("relay") or {}
+    if not isinstance(relay, dict) or not relay.get("oauth2"):
+        return pkgs
+    name = values.get("xoauth2_package")
+    if not name:
+        _fail("relay:oauth2", f"no XOAUTH2 plugin package is known for os_family "
+              f"{__grains__.get('os_family')}: set postfix_relay:lookup:xoauth2_package")
+    if not (__salt__["pkg.version"](name) or __salt__["pkg.latest_version"](name)):
+        _fail("relay:oauth2", f"needs the Cyrus SASL client plugin {name}, which this "
+              f"host's package sources do not offer: {XOAUTH2_SOURCES}")
+    return pkgs + [name]
 

@@ -36,6 +36,18 @@ postfix-relay-clean-aliases:
     - require:
       - postfix_control: postfix-relay-clean-main-cf
 
+{#- XOAUTH2 token files (refresh tokens) and the plugin's config #}
+{%- set chroot = salt["postfix_control.smtp_chroot_dir"](conf, postfix_relay.lookup.smtp_chroot_dir) %}
+{%- for path in [chroot ~ "/etc/sasl-xoauth2", chroot ~ "/etc/sasl-xoauth2.conf",
+                 "/etc/sasl-xoauth2", "/etc/sasl-xoauth2.conf"] | unique %}
+
+postfix-relay-clean-xoauth2-{{ loop.index }}:
+  file.absent:
+    - name: {{ path }}
+    - require:
+      - postfix_control: postfix-relay-clean-main-cf
+{%- endfor %}
+
 postfix-relay-clean-service:
   postfix_control.running:
     - name: postfix

@@ -18,6 +18,50 @@ postfix-relay-config-sasl-dir:
       - pkg: postfix-relay-package-installed
 {%- endif %}
 
+{%- if s.oauth2 %}
+{%- set xo = s.xoauth2_root ~ "/etc/sasl-xoauth2" %}
+
+{#- XOAUTH2: the plugin runs in Postfix's smtp process, inside its chroot when
+    master.cf gives it one: its config, token file and CA bundle go there. #}
+postfix-relay-config-xoauth2-dir:
+  file.directory:
+    - name: {{ xo }}
+    - user: postfix
+    - group: postfix
+    - mode: "0700"
+    - makedirs: true
+    - require:
+      - pkg: postfix-relay-package-installed
+
+{#- read when the plugin loads (before smtp enters its chroot) and again in it #}
+{%- for conf_file in ["/etc/sasl-xoauth2.conf"] + ([s.xoauth2_root ~ "/etc/sasl-xoauth2.conf"] if s.xoauth2_root else []) %}
+
+postfix-relay-config-xoauth2-conf-{{ loop.index }}:
+  file.managed:
+    - name: {{ conf_file }}
+    - contents: {{ s.xoauth2_conf | json }}
+    - mode: "0644"
+    - require:
+      - file: postfix-relay-config-xoauth2-dir
+{%- endfor %}
+
+postfix-relay-config-xoauth2-ca:
+  file.managed:
+    - name: {{ xo }}/ca.pem
+    - source: {{ s.oauth2.ca_file }}
+    - mode: "0644"
+    - require:
+      - file: postfix-relay-config-xoauth2-dir
+
+postfix-relay-config-xoauth2-token:
+  postfix_xoauth2.token_file:
+    - name: {{ s.xoauth2_root ~ s.oauth2_token_path }}
+    - data_from: postfix_relay_settings.oauth2_token_file
+    - user: postfix
+    - require:
+      - file: postfix-relay-config-xoauth2-dir
+{%- endif %}
+
 postfix-relay-config-password-table:
 {%- if s.sasl %}
   postmap.managed:

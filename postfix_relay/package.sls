@@ -2,4 +2,6 @@
 
 postfix-relay-package-installed:
   pkg.installed:
-    - pkgs: {{ postfix_relay.lookup.packages | json }}
+    {#- the XOAUTH2 plugin too when relay:oauth2 is set (refused here when
+        the host's package sources lack it) #}
+    - pkgs: {{ salt["postfix_relay_settings.packages"](postfix_relay.lookup) | json }}

@@ -12,6 +12,7 @@ Script (prints "ready port=N ca_file=PATH" when listening; stops on SIGTERM):
 """
 
 import argparse
+import base64
 import datetime
 import email.parser
 import email.policy
@@ -38,8 +39,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-# XOAUTH2 is only advertised (and always refused): a mechanism with no client
-# plugin on Debian 12, to cause "No worthy mechs found" for real.
+# XOAUTH2 is refused unless xoauth2_check is given (then bearer tokens are
+# checked with it): on Debian 12, with no client plugin, it causes "No worthy
+# mechs found" for real.
 ALL_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2")
 # aiosmtpd itself sets its deprecated Session.login_data on every AUTH and logs
 # a warning about it, and logs failed TLS handshakes the tests cause on purpose.
@@ -119,7 +121,21 @@ class _Handler:
         return AuthResult(success=False, handled=False)
 
     async def auth_XOAUTH2(self, server, args):  # noqa: N802 (aiosmtpd naming)
-        self.relay._note_auth(server, "XOAUTH2", None, False)
+        check = self.relay.xoauth2_check
+        if check is None:  # advertised only: no client plugin on Debian 12
+            self.relay._note_auth(server, "XOAUTH2", None, False)
+            return AuthResult(success=False, handled=False)
+        if len(args) > 1:
+            response = base64.b64decode(args[1])
+        else:
+            response = await server.challenge_auth("", encode_to_b64=False)
+        fields = dict(part.split("=", 1) for part in
+                      response.decode(errors="replace").split("\x01") if "=" in part)
+        user, token = fields.get("user"), fields.get("auth", "").removeprefix("Bearer ")
+        ok = bool(user) and check(user, token)
+        self.relay._note_auth(server, "XOAUTH2", user, ok)
+        if ok:
+            return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
         return AuthResult(success=False, handled=False)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
@@ -150,7 +166,8 @@ class Relay:
 
     def __init__(self, host="127.0.0.1", port=0, tls="starttls", mechanisms=("PLAIN", "LOGIN"),
                  users=None, cert_dir=None, hostname="relay.test", auth_require_tls=True,
-                 store=None, reject_all=False, flaky=0.0, seed=1, cert_names=None):
+                 store=None, reject_all=False, flaky=0.0, seed=1, cert_names=None,
+                 xoauth2_check=None):
         if tls not in ("starttls", "implicit", "none"):
             raise ValueError(f"tls must be starttls, implicit or none, not {tls!r}")
         unknown = set(mechanisms) - set(ALL_MECHANISMS)
@@ -161,6 +178,7 @@ class Relay:
         self.users = dict(users or {})
         self.hostname = hostname
         self.cert_names = cert_names
+        self.xoauth2_check = xoauth2_check  # (user, access_token) -> bool
         self.auth_require_tls = auth_require_tls
         self.store = store
         self.reject_all = reject_all

@@ -1,0 +1,55 @@
+"""
+The sasl-xoauth2 plugin's token file: written when the pillar's values change,
+left alone when only the plugin refreshed it.
+
+.. code-block:: yaml
+
+    /var/spool/postfix/etc/sasl-xoauth2/smtp.office365.com-587.json:
+      postfix_xoauth2.token_file:
+        - data_from: postfix_relay_settings.oauth2_token_file
+        - user: postfix
+"""
+
+__virtualname__ = "postfix_xoauth2"
+
+
+def __virtual__():
+    if "postfix_xoauth2.token_current" in __salt__:
+        return __virtualname__
+    return (False, "the postfix_xoauth2 execution module is not available")
+
+
+def token_file(name, data_from, user="postfix"):
+    """
+    name
+        Path of the token file (on this host; the plugin sees it inside
+        Postfix's chroot).
+    data_from
+        Execution function returning the file's starting content (refresh
+        token, client, endpoint): read when the state runs, never shown.
+    user
+        Owner: the user Postfix's smtp process runs as (it rewrites the file).
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    try:
+        data = __salt__[data_from]()
+        if not isinstance(data, dict):
+            raise ValueError(f"{data_from} did not return a mapping")
+        current = __salt__["postfix_xoauth2.token_current"](name, data)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret.update(result=False, comment=f"token file not checked: {exc}")
+        return ret
+    if current:
+        ret["comment"] = "Token file is current (the plugin refreshes it itself)"
+        return ret
+    ret["changes"] = {"token_file": "written from the pillar (values not shown)"}
+    if __opts__["test"]:
+        ret.update(result=None, comment="Token file would be written")
+        return ret
+    try:
+        __salt__["postfix_xoauth2.write_token"](name, data, user)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret.update(result=False, changes={}, comment=f"token file not written: {exc}")
+        return ret
+    ret["comment"] = "Token file written"
+    return ret

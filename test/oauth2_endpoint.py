@@ -1,0 +1,88 @@
+"""
+A test OAuth2 token endpoint (HTTPS on loopback, a throwaway CA): exchanges
+one refresh token for short-lived access tokens, can revoke it, and tells a
+test relay which access tokens are currently valid.
+
+    with TokenEndpoint(refresh_token="r1", ttl=12, cert_dir=d) as endpoint:
+        endpoint.url, endpoint.ca_file, endpoint.valid(user, token), endpoint.refreshes
+"""
+
+import http.server
+import json
+import secrets
+import ssl
+import threading
+import time
+import urllib.parse
+
+from relay import make_certs
+
+
+class TokenEndpoint:
+    def __init__(self, refresh_token, client_id="postfix-relay-test", ttl=12,
+                 cert_dir=None, user=None):
+        self.refresh_token, self.client_id, self.ttl = refresh_token, client_id, ttl
+        self.user = user
+        self.revoked = False
+        self.issued = {}  # access token -> expiry (monotonic)
+        self.refreshes = 0
+        self.requests = []  # (grant_type, outcome): no secrets kept
+        self.cert_dir = cert_dir
+        self._server = None
+
+    def valid(self, user, token):
+        expiry = self.issued.get(token)
+        return expiry is not None and expiry > time.monotonic() and \
+            (self.user is None or user == self.user)
+
+    def _grant(self, form):
+        if form.get("grant_type") != "refresh_token" or form.get("client_id") != self.client_id:
+            return 400, {"error": "invalid_client"}
+        if self.revoked or not secrets.compare_digest(form.get("refresh_token", ""),
+                                                      self.refresh_token):
+            return 400, {"error": "invalid_grant",
+                         "error_description": "AADSTS70000: the refresh token is revoked"}
+        token = secrets.token_urlsafe(24)
+        self.issued[token] = time.monotonic() + self.ttl
+        self.refreshes += 1
+        return 200, {"access_token": token, "token_type": "Bearer", "expires_in": self.ttl}
+
+    def start(self):
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server naming)
+                length = int(self.headers.get("Content-Length") or 0)
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                code, body = endpoint._grant(form)
+                endpoint.requests.append((form.get("grant_type"), code))
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):  # quiet: the tests read .requests
+                pass
+
+        certs = make_certs(self.cert_dir, "localhost")
+        self.ca_file = certs["ca"]
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(certs["cert"], certs["key"])
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self._server.server_address[1]}/token"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
