@@ -33,8 +33,10 @@ CONF_NAMES = [
     "smtp_sasl_auth_enable", "smtp_sasl_password_maps", "smtp_sasl_mechanism_filter",
     "smtp_sasl_security_options", "smtp_sasl_tls_security_options",
     "smtp_sender_dependent_authentication", "maillog_file", "myhostname", "mail_version",
+    "mail_owner",
 ]
 SMTPLIB_MECHANISMS = {"PLAIN", "LOGIN", "CRAM-MD5"}
+XOAUTH2_CONF = "/etc/sasl-xoauth2.conf"  # read by the plugin when it loads
 PLUGIN_PACKAGES = {
     "Debian": "libsasl2-modules", "RedHat": "cyrus-sasl-plain (and cyrus-sasl-md5)",
     "Suse": "cyrus-sasl-plain (and cyrus-sasl-crammd5)", "Alpine": "cyrus-sasl-login",
@@ -173,7 +175,10 @@ def _tls_context(verify, ca_file):
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
-    return ssl.create_default_context(cafile=ca_file or None)
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    # Python 3.13+ is stricter than Postfix (OpenSSL's defaults): judge as it does
+    ctx.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
+    return ctx
 
 
 def _open(host, port, wrapper, ctx, timeout, helo):
@@ -314,12 +319,12 @@ def probe(relay=None, timeout=10, config_dir="/etc/postfix"):
         # to a verified certificate when the level asks for verification.
         trusted = tls and (result["tls"]["verified"] or level not in VERIFYING_LEVELS)
         if conf["smtp_sasl_auth_enable"] == "yes":
-            _sasl(result, conf, smtp, offered, creds, secret if trusted else None)
+            _sasl(result, conf, smtp, offered, creds, secret, trusted, config_dir)
     result["ok"] = not result.get("diagnosis")
     return result
 
 
-def _sasl(result, conf, smtp, offered, creds, secret):
+def _sasl(result, conf, smtp, offered, creds, secret, trusted, config_dir):  # noqa: PLR0913
     if not offered:
         result["negotiated_mechanism"] = None
         result["note_auth"] = "the relay offers no AUTH: Postfix sends without authenticating"
@@ -329,9 +334,17 @@ def _sasl(result, conf, smtp, offered, creds, secret):
     result["negotiated_mechanism"] = nego.get("chosen")
     if not nego.get("chosen"):
         reason = nego.get("reason") or "no mechanism left"
-        if "plugin" in reason:
+        if "plugin" in reason and nego["after_filter"] == ["XOAUTH2"]:
+            fix = _xoauth2_plugin_fix()
+        elif "plugin" in reason:
             family = __grains__.get("os_family", "Debian")
             fix = f"install the SASL client plugins: {PLUGIN_PACKAGES.get(family, 'cyrus-sasl')}"
+        elif "filter" in reason and "XOAUTH2" not in offered and \
+                conf["smtp_sasl_mechanism_filter"].lower() == "xoauth2":
+            reason = f"the relay does not offer XOAUTH2 (it offers {', '.join(offered)})"
+            fix = ("relay:oauth2 needs a relay that takes OAuth2 tokens (Microsoft 365: "
+                   "smtp.office365.com:587, Gmail: smtp.gmail.com:587); for this relay use "
+                   "relay:password")
         elif "filter" in reason:
             fix = "remove relay:mechanisms or list one the relay offers: " + ", ".join(offered)
         elif "noplaintext" in reason:
@@ -343,6 +356,11 @@ def _sasl(result, conf, smtp, offered, creds, secret):
         return
     if creds.get("key") is None:
         return
+    if nego["chosen"] == "XOAUTH2":
+        _xoauth2(result, conf, smtp, creds, secret, trusted, config_dir)
+        return
+    if not trusted:
+        secret = None
     if nego["chosen"] not in SMTPLIB_MECHANISMS:
         result["credentials"]["checked"] = False
         return
@@ -355,6 +373,93 @@ def _sasl(result, conf, smtp, offered, creds, secret):
     if not check["accepted"]:
         _diag(result, f"the relay rejects the credentials ({check['code']} {check['reply']})",
               "fix relay:username / relay:password in the pillar and re-apply")
+
+
+def _xoauth2_plugin_fix():
+    if os.path.exists(XOAUTH2_CONF):
+        return __salt__["postfix_sasl.xoauth2_hint"]()
+    return (f"{__salt__['postfix_sasl.xoauth2_hint']()}; if it is installed: it does not load "
+            f"without {XOAUTH2_CONF} (apply postfix_relay with relay:oauth2 to write it)")
+
+
+def _xoauth2(result, conf, smtp, creds, token_path, trusted, config_dir):  # noqa: PLR0913
+    """XOAUTH2 (sasl-xoauth2): the table's "password" is the token file's path
+    as smtp sees it. Check the file, refresh as the plugin would, then AUTH."""
+    chroot = __salt__["postfix_control.smtp_chroot_dir"](config_dir)
+    owner = conf.get("mail_owner") or "postfix"
+    oauth = {"token_file": token_path, "chroot": chroot or None}
+    result["oauth2"] = oauth
+    problems = __salt__["postfix_xoauth2.file_problems"](token_path, chroot, owner)
+    for problem in problems:
+        _diag(result, problem["cause"], problem["fix"])
+    if any("does not exist" in problem["cause"] for problem in problems):
+        return
+    info, access = __salt__["postfix_xoauth2.refresh"](token_path, chroot, XOAUTH2_CONF)
+    oauth.update(info)
+    if not info["refresh_token_accepted"]:
+        _diag(result, *_oauth2_failure(info))
+        return
+    if not trusted:
+        result["credentials"].update(
+            checked=False, reason="not sent: no TLS, or a certificate that does not verify")
+        return
+    check = _try_xoauth2(smtp, creds["username"], access)
+    result["credentials"].update(checked=True, **check)
+    if not check["accepted"]:
+        _diag(result, *_xoauth2_rejected(check, creds["username"]))
+
+
+def _oauth2_failure(info):
+    """(cause, fix) for a refresh that failed."""
+    error, endpoint = info["error"], info["token_endpoint"]
+    if info.get("error_code") == "invalid_grant":
+        return (f"the token endpoint rejects the refresh token ({error}): revoked, expired "
+                "or issued to another client; Postfix keeps the mail queued",
+                "get a new refresh token for relay:username (e.g. sasl-xoauth2-tool "
+                "get-token), set relay:oauth2:refresh_token and re-apply")
+    if info.get("error_code") in ("invalid_client", "unauthorized_client"):
+        return (f"the token endpoint rejects the client ({error})",
+                "check relay:oauth2:client_id and client_secret against the app registration")
+    if info["answered"]:
+        return (f"the token endpoint {endpoint} refuses the refresh ({error})",
+                "check relay:oauth2 against the provider's app registration")
+    if "CA bundle" in error:
+        return (error, "re-apply postfix_relay (it copies relay:oauth2:ca_file, or the "
+                "system CAs, into smtp's chroot)")
+    if "not trusted" in error:
+        return (error, "set relay:oauth2:ca_file to the CA that signed the token endpoint's "
+                "certificate and re-apply")
+    return (f"{error}: {endpoint}", "check relay:oauth2:token_endpoint and that this host "
+            "reaches it over HTTPS (DNS, proxy, firewall)")
+
+
+def _try_xoauth2(smtp, username, access):
+    """AUTH XOAUTH2 with a fresh access token; the reply, never the token."""
+    def response(challenge=None):
+        # a challenge is the relay's error JSON: answer empty to get its reply
+        return "" if challenge is not None else f"user={username}\1auth=Bearer {access}\1\1"
+    try:
+        code, reply = smtp.auth("XOAUTH2", response, initial_response_ok=True)
+    except smtplib.SMTPAuthenticationError as exc:
+        code, reply = exc.smtp_code, exc.smtp_error
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    return {"accepted": 200 <= code < 300, "code": code, "reply": text.replace(access, "****")}
+
+
+def _xoauth2_rejected(check, username):
+    """(cause, fix) for a relay that refuses a token the endpoint just issued."""
+    said = f"{check['code']} {check['reply']}"
+    if "5.7.139" in said:
+        return (f"the relay has SMTP AUTH turned off for {username} or its tenant ({said})",
+                "Microsoft 365: turn Authenticated SMTP on for the mailbox (Set-CASMailbox "
+                f"{username} -SmtpClientAuthenticationDisabled $false) or the tenant")
+    if "5.7.3" in said:
+        return (f"the relay refuses the token for {username} ({said})",
+                "the token must be for relay:username, and the app must hold the SMTP "
+                "permission (Microsoft: https://outlook.office.com/SMTP.Send; Google: "
+                "https://mail.google.com/); then get a new refresh token")
+    return (f"the relay rejects the XOAUTH2 login ({said})",
+            "check relay:username and the app's SMTP permission; get a new refresh token")
 
 
 VERIFYING_LEVELS = ("verify", "secure", "dane", "dane-only", "fingerprint")
@@ -481,7 +586,9 @@ class _LogReader:
 _DELIVERY = re.compile(
     r"(?P<qid>[0-9A-Za-z]+): to=<(?P<to>[^>]*)>(?:, orig_to=<(?P<orig_to>[^>]*)>)?, "
     r"relay=(?P<relay>[^,]+), (?:conn_use=\d+, )?delay=(?P<delay>[\d.]+), "
-    r"delays=(?P<delays>[\d./]+), dsn=(?P<dsn>[\d.]+), status=(?P<status>\w+) "
+    # Postfix 3.11 adds fields such as tls=encrypt before dsn=
+    r"delays=(?P<delays>[\d./]+)(?:, [a-z_]+=[^,\s]+)*, dsn=(?P<dsn>[\d.]+), "
+    r"status=(?P<status>\w+) "
     r"\((?P<reply>.*)\)\s*$")
 
 

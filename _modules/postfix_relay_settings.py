@@ -35,10 +35,6 @@ KNOWN_RELAY_KEYS = {
     "host", "port", "mx", "username", "password", "tls", "ca_file", "mechanisms", "oauth2",
 }
 KNOWN_OAUTH2_KEYS = {"token_endpoint", "client_id", "client_secret", "refresh_token", "ca_file"}
-# Where a host without the XOAUTH2 plugin in its package sources finds it.
-XOAUTH2_SOURCES = ("Debian has it in experimental (0.27, with Postfix 3.11 from unstable), "
-                   "Ubuntu in ppa:sasl-xoauth2/stable, Fedora and EPEL as sasl-xoauth2; "
-                   "add the source (or install the package), then apply again")
 XOAUTH2_DIR = "/etc/sasl-xoauth2"  # as Postfix's smtp process sees it (in its chroot)
 # Parameters whose override from `main_cf` would leak the password or send it
 # in clear; refused instead of silently weakening the setup.
@@ -629,7 +625,10 @@ def packages(values=None):
         _fail("relay:oauth2", f"no XOAUTH2 plugin package is known for os_family "
               f"{__grains__.get('os_family')}: set postfix_relay:lookup:xoauth2_package")
     if not (__salt__["pkg.version"](name) or __salt__["pkg.latest_version"](name)):
+        hint = __salt__["postfix_sasl.xoauth2_hint"]() if "postfix_sasl.xoauth2_hint" in \
+            __salt__ else "github.com/tarickb/sasl-xoauth2"
         _fail("relay:oauth2", f"needs the Cyrus SASL client plugin {name}, which this "
-              f"host's package sources do not offer: {XOAUTH2_SOURCES}")
+              f"host's package sources do not offer: {hint}; add a source that has it "
+              "(or install it), then apply again")
     return pkgs + [name]
 

@@ -7,8 +7,10 @@ Asked of libsasl2 itself (ctypes), set up the way Postfix's Cyrus client
 properties with min_ssf = max_ssf = 0, maxbufsize 0 and the flags parsed
 from ``smtp_sasl_security_options`` (or ``smtp_sasl_tls_security_options``
 inside TLS), then ``sasl_client_start`` on the offered mechanisms that pass
-``smtp_sasl_mechanism_filter``. Dummy credentials answer the callbacks: the
-choice does not depend on them and no real password enters this module.
+``smtp_sasl_mechanism_filter``. The password callback answers "ask the
+user" (SASL_INTERACT): a plugin that needs a password returns a prompt for
+it, which ends the probe there. The choice does not depend on it, and no password,
+real or dummy, reaches a plugin (sasl-xoauth2 would open it as a token file).
 
 CLI Example:
 
@@ -26,7 +28,7 @@ __virtualname__ = "postfix_sasl"
 
 SASL_OK, SASL_CONTINUE, SASL_INTERACT, SASL_NOMECH = 0, 1, 2, -4
 SASL_SEC_PROPS = 101
-SASL_CB_LIST_END, SASL_CB_USER, SASL_CB_AUTHNAME, SASL_CB_PASS = 0, 0x4001, 0x4002, 0x4004
+SASL_CB_LIST_END, SASL_CB_AUTHNAME, SASL_CB_PASS = 0, 0x4002, 0x4004
 # smtp_sasl_security_options words and the libsasl2 flags Postfix maps them to.
 SECURITY_FLAGS = {
     "noplaintext": 0x0001, "noactive": 0x0002, "nodictionary": 0x0004,
@@ -35,6 +37,10 @@ SECURITY_FLAGS = {
 PLUGIN_HINT = ("install the Cyrus SASL client plugins (Debian/Ubuntu: libsasl2-modules; "
                "RedHat/Fedora: cyrus-sasl-plain, cyrus-sasl-md5; "
                "SUSE: cyrus-sasl-plain, cyrus-sasl-crammd5)")
+# XOAUTH2 comes from its own plugin, which few distros ship.
+XOAUTH2_HINT = ("install the XOAUTH2 client plugin sasl-xoauth2 (Debian: experimental, with "
+                "Postfix 3.11 from unstable; Ubuntu: ppa:sasl-xoauth2/stable; Fedora and "
+                "EPEL: sasl-xoauth2; elsewhere: github.com/tarickb/sasl-xoauth2)")
 
 _LOCK = threading.Lock()
 _LIB = None
@@ -56,10 +62,6 @@ _GETSIMPLE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
 _GETSECRET = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                               ctypes.POINTER(ctypes.c_void_p))
 _DUMMY_USER = ctypes.c_char_p(b"postfix-relay-probe")
-# sasl_secret_t: unsigned long len; unsigned char data[]. Dummy, never sent.
-_SECRET = ctypes.create_string_buffer(ctypes.sizeof(ctypes.c_ulong) + 16)
-ctypes.c_ulong.from_buffer(_SECRET).value = 8
-ctypes.memmove(ctypes.addressof(_SECRET) + ctypes.sizeof(ctypes.c_ulong), b"dummy-pw", 8)
 
 
 @_GETSIMPLE
@@ -71,16 +73,18 @@ def _get_user(_context, _id, result, length):
 
 
 @_GETSECRET
-def _get_secret(_conn, _context, _id, psecret):
-    psecret[0] = ctypes.addressof(_SECRET)
-    return SASL_OK
+def _no_secret(_conn, _context, _id, psecret):
+    psecret[0] = None
+    return SASL_INTERACT
 
 
 _CALLBACKS = (_Callback * 3)(
     _Callback(SASL_CB_AUTHNAME, ctypes.cast(_get_user, ctypes.c_void_p), None),
-    _Callback(SASL_CB_PASS, ctypes.cast(_get_secret, ctypes.c_void_p), None),
+    _Callback(SASL_CB_PASS, ctypes.cast(_no_secret, ctypes.c_void_p), None),
     _Callback(SASL_CB_LIST_END, None, None),
 )
+_LIBC = ctypes.CDLL(None)
+_LIBC.free.argtypes = [ctypes.c_void_p]
 
 
 def __virtual__():
@@ -165,11 +169,14 @@ def _start(mechanisms, flags, host, service="smtp"):
             props = _SecProps(0, 0, 0, flags, None, None)
             lib.sasl_setprop(conn, SASL_SEC_PROPS, ctypes.byref(props))
             out, outlen, mech = ctypes.c_char_p(), ctypes.c_uint(), ctypes.c_char_p()
-            status = lib.sasl_client_start(conn, " ".join(mechanisms).encode(), None,
-                                           ctypes.byref(out), ctypes.byref(outlen),
-                                           ctypes.byref(mech))
-            chosen = mech.value.decode() if status in (SASL_OK, SASL_CONTINUE) and \
-                mech.value else None
+            prompts = ctypes.c_void_p()
+            status = lib.sasl_client_start(conn, " ".join(mechanisms).encode(),
+                                           ctypes.byref(prompts), ctypes.byref(out),
+                                           ctypes.byref(outlen), ctypes.byref(mech))
+            if prompts.value:  # the plugin's password prompt (malloc'd by it)
+                _LIBC.free(prompts)
+            chosen = mech.value.decode() if status in (SASL_OK, SASL_CONTINUE, SASL_INTERACT) \
+                and mech.value else None
             return status, chosen, _errstring(lib, status)
         finally:
             lib.sasl_dispose(ctypes.byref(conn))
@@ -187,6 +194,19 @@ def plugins(mechanisms=("PLAIN", "LOGIN", "CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-1
         salt-call postfix_sasl.plugins
     """
     return [m for m in mechanisms if _start([m], 0, "relay.invalid")[1] == m.upper()]
+
+
+def xoauth2_hint():
+    """
+    Where to get the XOAUTH2 client plugin.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_sasl.xoauth2_hint
+    """
+    return XOAUTH2_HINT
 
 
 def filter_mechanisms(offered, mechanism_filter):
@@ -245,8 +265,9 @@ def _why_none(result, options, text, mechanism_filter):
         return (f"the mechanism filter ({mechanism_filter}) removes every mechanism the "
                 f"relay offers ({', '.join(result['offered'])})")
     if not result["with_plugin"]:
+        hint = XOAUTH2_HINT if result["after_filter"] == ["XOAUTH2"] else PLUGIN_HINT
         return (f"no SASL client plugin on this host for {', '.join(result['after_filter'])}: "
-                + PLUGIN_HINT)
+                + hint)
     plain = {"PLAIN", "LOGIN"} & set(result["with_plugin"])
     if plain and "noplaintext" in options:
         return (f"the security options ({options}) forbid {', '.join(sorted(plain))}: "

@@ -19,7 +19,7 @@ def __virtual__():
     return (False, "the postfix_xoauth2 execution module is not available")
 
 
-def token_file(name, data_from, user="postfix"):
+def token_file(name, data_from, user="postfix", prune=True):
     """
     name
         Path of the token file (on this host; the plugin sees it inside
@@ -29,6 +29,9 @@ def token_file(name, data_from, user="postfix"):
         token, client, endpoint): read when the state runs, never shown.
     user
         Owner: the user Postfix's smtp process runs as (it rewrites the file).
+    prune
+        Remove the other token files in the directory (relays no longer used:
+        each still holds a refresh token).
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
@@ -39,17 +42,25 @@ def token_file(name, data_from, user="postfix"):
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, comment=f"token file not checked: {exc}")
         return ret
-    if current:
-        ret["comment"] = "Token file is current (the plugin refreshes it itself)"
-        return ret
-    ret["changes"] = {"token_file": "written from the pillar (values not shown)"}
     if __opts__["test"]:
-        ret.update(result=None, comment="Token file would be written")
+        if not current:
+            ret.update(result=None, comment="Token file would be written",
+                       changes={"token_file": "written from the pillar (values not shown)"})
+        else:
+            ret["comment"] = "Token file is current (the plugin refreshes it itself)"
         return ret
     try:
-        __salt__["postfix_xoauth2.write_token"](name, data, user)
+        if current:
+            ret["changes"] = __salt__["postfix_xoauth2.ensure_private"](name, user)
+            ret["comment"] = "Token file is current (the plugin refreshes it itself)"
+        else:
+            __salt__["postfix_xoauth2.write_token"](name, data, user)
+            ret["changes"] = {"token_file": "written from the pillar (values not shown)"}
+            ret["comment"] = "Token file written"
+        if prune:
+            removed = __salt__["postfix_xoauth2.prune"](name)
+            if removed:
+                ret["changes"]["removed"] = removed
     except Exception as exc:  # pylint: disable=broad-except
-        ret.update(result=False, changes={}, comment=f"token file not written: {exc}")
-        return ret
-    ret["comment"] = "Token file written"
+        ret.update(result=False, comment=f"token file not written: {exc}")
     return ret

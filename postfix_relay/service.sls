@@ -15,3 +15,8 @@ postfix-relay-service-running:
       - postmap: postfix-relay-config-password-table
       - postmap: postfix-relay-config-reply-to
       - postmap: postfix-relay-config-recipients
+{%- if salt["pillar.get"]("postfix_relay:relay:oauth2") %}
+      {#- a new refresh token or CA: send what waited for it #}
+      - postfix_xoauth2: postfix-relay-config-xoauth2-token
+      - file: postfix-relay-config-xoauth2-ca
+{%- endif %}

@@ -5,6 +5,7 @@ test relay which access tokens are currently valid.
 
     with TokenEndpoint(refresh_token="r1", ttl=12, cert_dir=d) as endpoint:
         endpoint.url, endpoint.ca_file, endpoint.valid(user, token), endpoint.refreshes
+        endpoint.revoke(), endpoint.reissue("r2"), endpoint.issued (access tokens)
 """
 
 import http.server
@@ -29,6 +30,15 @@ class TokenEndpoint:
         self.requests = []  # (grant_type, outcome): no secrets kept
         self.cert_dir = cert_dir
         self._server = None
+
+    def revoke(self):
+        """The refresh token stops working (as when an admin revokes the app's
+        sessions); access tokens already issued stay valid until they expire."""
+        self.revoked = True
+
+    def reissue(self, refresh_token):
+        """A new refresh token (what the admin gets from a new consent)."""
+        self.refresh_token, self.revoked = refresh_token, False
 
     def valid(self, user, token):
         expiry = self.issued.get(token)

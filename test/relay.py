@@ -136,7 +136,7 @@ class _Handler:
         self.relay._note_auth(server, "XOAUTH2", user, ok)
         if ok:
             return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
-        return AuthResult(success=False, handled=False)
+        return AuthResult(success=False, handled=False, message=self.relay.xoauth2_reject)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
         session.host_name = hostname
@@ -179,6 +179,7 @@ class Relay:
         self.hostname = hostname
         self.cert_names = cert_names
         self.xoauth2_check = xoauth2_check  # (user, access_token) -> bool
+        self.xoauth2_reject = None  # the reply to a refused token (None: aiosmtpd's 535)
         self.auth_require_tls = auth_require_tls
         self.store = store
         self.reject_all = reject_all

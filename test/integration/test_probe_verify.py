@@ -109,7 +109,9 @@ def test_no_plugin_for_any_offered_mechanism(applier, tmp_path):
     assert data["ok"] is False
     assert "No worthy mechs found" in causes(data)
     assert "no SASL client plugin on this host for XOAUTH2" in causes(data)
-    assert "libsasl2-modules" in causes(data)
+    # XOAUTH2 has its own plugin: the fix names it, not libsasl2-modules
+    assert "install the XOAUTH2 client plugin sasl-xoauth2" in causes(data)
+    assert "libsasl2-modules" not in causes(data)
 
 
 def test_noplaintext_against_a_plain_login_relay(applier, tmp_path):

@@ -44,6 +44,14 @@ def test_log_is_followed_by_message_id():
     assert relay_mod.parse_log(LOG.splitlines(), "<other@pi>") == {}
 
 
+def test_log_of_postfix_3_11_with_tls_field_is_followed():
+    # Postfix 3.11 (Debian unstable) logs tls=... between delays= and dsn=
+    line = LOG.splitlines()[3].replace(", dsn=", ", tls=encrypt, dsn=")
+    found = relay_mod.parse_log(LOG.splitlines()[:3] + [line], "<postfix-relay-verify.t1@pi>")
+    assert (found["status"], found["dsn"], found["delays"]) == \
+        ("sent", "2.0.0", "0.01/0.01/0.1/0.03")
+
+
 def test_table_text_round_trips_and_folds_keys():
     text = postmap.render({"[Smtp.Example.net]:587": "user:pw with space", "root": "me"})
     assert text == "[Smtp.Example.net]:587 user:pw with space\nroot me\n"
