@@ -41,6 +41,11 @@ def applied(applier):
     ({"main_cf": {"smtpd_banner": "hi\ninet_interfaces = all"}}, "main_cf:smtpd_banner",
      "newline"),
     ({"relay": {"password": "pw\nrelay2 x"}}, "relay:password", "newline"),
+    # Debian 12 offers no XOAUTH2 plugin Postfix can use: refused, naming it
+    ({"relay": {"password": None, "oauth2": {
+        "token_endpoint": "https://login.microsoftonline.com/t/oauth2/v2.0/token",
+        "client_id": "app", "refresh_token": "r3fresh-never-shown"}}},
+     "relay:oauth2", "needs the Cyrus SASL client plugin sasl-xoauth2"),
 ])
 def test_bad_pillar_fails_naming_the_key_and_changes_nothing(applied, over, key, words):
     before = snapshot()

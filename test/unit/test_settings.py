@@ -30,6 +30,22 @@ def run(**over):
     return settings.normalise(pillar(**over), GRAINS, HOST)
 
 
+OAUTH2 = {"token_endpoint": "https://login.microsoftonline.com/t/oauth2/v2.0/token",
+          "client_id": "app-id", "client_secret": "app-s3cret", "refresh_token": "r3fresh"}
+
+
+def test_oauth2_relay_uses_xoauth2_and_the_token_file():
+    result = run(relay_host="smtp.office365.com", relay_password=None, relay_oauth2=OAUTH2)
+    assert result["main_cf"]["smtp_sasl_mechanism_filter"] == "xoauth2"
+    path = "/etc/sasl-xoauth2/smtp.office365.com-587.json"
+    assert result["password_entries"] == {"[smtp.office365.com]:587": f"user:{path}"}
+    assert result["oauth2_token_path"] == path
+    # the plugin's config carries no secret: those are in the 0600 token file
+    assert "s3cret" not in result["xoauth2_conf"] and "r3fresh" not in result["xoauth2_conf"]
+    shown = settings.redact(result)
+    assert "app-s3cret" not in str(shown) and "r3fresh" not in str(shown)
+
+
 def test_original_setup_is_expressed_with_modern_values():
     result = run()
     cf = result["main_cf"]
@@ -128,6 +144,18 @@ def test_explicit_map_type_is_checked_against_postconf_m():
      "in clear"),
     ({"main_cf": {"smtp_tls_security_level": "may"}}, "main_cf:smtp_tls_security_level",
      "in clear"),
+    ({"relay_oauth2": OAUTH2}, "relay:password", "either relay:password or relay:oauth2"),
+    ({"relay_password": None, "relay_username": None, "relay_oauth2": OAUTH2},
+     "relay:username", "required with relay:oauth2"),
+    ({"relay_password": None, "relay_oauth2": {**OAUTH2, "refresh_token": None}},
+     "relay:oauth2:refresh_token", "is required"),
+    ({"relay_password": None, "relay_oauth2": {**OAUTH2, "token_endpoint": "http://x/t"}},
+     "relay:oauth2:token_endpoint", "not an https:// URL"),
+    ({"relay_password": None, "relay_oauth2": {**OAUTH2, "scope": "x"}},
+     "relay:oauth2:scope", "not a known key"),
+    ({"relay_password": None, "relay_oauth2": "r3fresh"}, "relay:oauth2", "must be a mapping"),
+    ({"relay_password": None, "relay_oauth2": OAUTH2, "relay_mechanisms": ["plain"]},
+     "relay:mechanisms", "must be empty or [xoauth2]"),
     ({"colour": "blue"}, "colour", "not a known key"),
     ({"relay_prot": 25}, "relay:prot", "not a known key"),
 ])
@@ -137,7 +165,7 @@ def test_bad_pillar_names_the_key(over, key, words):
     message = str(err.value)
     assert message.startswith(f"pillar postfix_relay:{key}:"), message
     assert words in message
-    assert "s3cret" not in message
+    assert "s3cret" not in message and "r3fresh" not in message
 
 
 def test_missing_pillar_is_explained():

@@ -77,6 +77,7 @@ class Host:
         self.outputs = []
         self.refresh_token = REFRESH
         self.username = USER
+        self.endpoint_url = endpoint.url
         shutil.copy(endpoint.ca_file, sid.path("/srv/oauth-ca.pem"))
 
     def salt_call(self, *args):
@@ -92,7 +93,7 @@ class Host:
         pillar = {"postfix_relay": {
             "domain": "example.org", "recipient": "me@example.org", "listen": "none",
             "relay": {"host": "127.0.0.1", "port": self.relay.port, "username": self.username,
-                      "oauth2": {"token_endpoint": self.endpoint.url,
+                      "oauth2": {"token_endpoint": self.endpoint_url,
                                  "client_id": self.endpoint.client_id,
                                  "client_secret": SECRET,
                                  "refresh_token": self.refresh_token,
@@ -268,6 +269,22 @@ def test_untrusted_token_endpoint_certificate_is_named(host, tmp_path):
     assert any("not trusted by /etc/sasl-xoauth2/ca.pem" in d["cause"]
                for d in result["diagnosis"]), result
     host.apply()  # puts the configured CA back
+    assert host.probe()["ok"] is True
+
+
+def test_unreachable_token_endpoint_is_named(host):
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        host.endpoint_url = f"https://127.0.0.1:{closed.getsockname()[1]}/token"
+    try:
+        data = host.apply()
+        assert token_state(data)["changes"]  # new endpoint: the file is rewritten
+        result = host.probe()
+        assert any("token endpoint is unreachable" in d["cause"] and "refused" in d["cause"]
+                   for d in result["diagnosis"]), result
+    finally:
+        host.endpoint_url = host.endpoint.url
+        host.apply()
     assert host.probe()["ok"] is True
 
 
