@@ -346,3 +346,11 @@ def test_no_token_or_secret_anywhere_but_the_token_file(host):
     # the plugin's own failure report (syslog) says what failed, not with what
     assert host.syslog.lines
     assert all(s not in line for line in host.syslog.lines for s in secrets)
+
+
+def test_clean_removes_the_token_files_and_the_plugin_config(host):
+    code, data, res = host.salt_call("state.apply", "postfix_relay.clean")
+    assert code == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for gone in ("/var/spool/postfix/etc/sasl-xoauth2", "/var/spool/postfix/etc/sasl-xoauth2.conf",
+                 "/etc/sasl-xoauth2.conf"):
+        assert not host.sid.path(gone).exists(), gone
