@@ -394,7 +394,12 @@ def _xoauth2(result, conf, smtp, creds, token_path, trusted, config_dir):  # noq
         _diag(result, problem["cause"], problem["fix"])
     if any("does not exist" in problem["cause"] for problem in problems):
         return
-    info, access = __salt__["postfix_xoauth2.refresh"](token_path, chroot, XOAUTH2_CONF)
+    try:
+        info, access = __salt__["postfix_xoauth2.refresh"](token_path, chroot, XOAUTH2_CONF)
+    except (OSError, ValueError) as exc:  # unreadable, or not JSON: the plugin fails too
+        _diag(result, f"the XOAUTH2 token file {token_path} cannot be read ({type(exc).__name__})",
+              "re-apply postfix_relay with relay:oauth2:refresh_token (it rewrites the file)")
+        return
     oauth.update(info)
     if not info["refresh_token_accepted"]:
         _diag(result, *_oauth2_failure(info))

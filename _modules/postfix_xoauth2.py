@@ -45,8 +45,8 @@ def _stamp_file(path):
 
 def token_current(path, data):
     """
-    True when the token file exists and was written from these values (the
-    plugin may have refreshed its access token since: that is current too).
+    True when the token file was written from these values and is still
+    usable (the plugin may have refreshed it since: that is current too).
 
     CLI Example:
 
@@ -59,7 +59,17 @@ def token_current(path, data):
             stamp = handle.read().strip()
     except OSError:
         return False
-    return os.path.exists(path) and stamp == digest(data)
+    return stamp == digest(data) and _usable(path)
+
+
+def _usable(path):
+    """A token file the plugin can read: JSON with a refresh token (which the
+    plugin may have replaced with a rotated one)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return bool(json.load(handle).get("refresh_token"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def write_token(path, data, user="postfix"):

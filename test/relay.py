@@ -227,6 +227,17 @@ class Relay:
         self._controller.start()
         return self
 
+    def find(self, token, timeout=60):
+        """The record of the first message whose data holds token, waiting up
+        to timeout seconds for it; None if it did not come."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in list(self.messages):
+                if token in record["data"]:
+                    return record
+            time.sleep(0.1)
+        return None
+
     def stop(self):
         if self._controller is not None:
             self._controller.stop()

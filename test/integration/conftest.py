@@ -195,12 +195,9 @@ def send_with_sendmail(recipient, token, extra_headers="", sender_flag="root"):
 
 def wait_for_token(relay, token, timeout=60):
     """The relay's record of the message carrying token, or fail with the queue."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for record in list(relay.messages):
-            if token in record["data"]:
-                return record
-        time.sleep(0.1)
+    record = relay.find(token, timeout)
+    if record:
+        return record
     queue = subprocess.run(["postqueue", "-p"], capture_output=True, text=True).stdout
     log = MAILLOG.read_text()[-3000:] if MAILLOG.exists() else "(no log)"
     pytest.fail(f"message {token} did not reach the relay\nqueue:\n{queue}\nlog:\n{log}")

@@ -139,16 +139,6 @@ def host(sid, relay, endpoint):
     machine.syslog.close()
 
 
-def wait_for(relay, token, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for record in list(relay.messages):
-            if token in record["data"]:
-                return record
-        time.sleep(0.2)
-    return None
-
-
 def token_state(data):
     return next(v for k, v in data.items() if "xoauth2-token" in k)
 
@@ -186,7 +176,7 @@ def test_apply_installs_the_plugin_and_keeps_smtp_chrooted(host):
 
 def test_first_mail_refreshes_the_token_and_is_relayed(host):
     token = host.send()
-    record = wait_for(host.relay, token)
+    record = host.relay.find(token)
     assert record, host.log()[-3000:]
     assert record["auth_mechanism"] == "XOAUTH2" and record["tls"] is True
     assert host.endpoint.refreshes == 1
@@ -198,11 +188,11 @@ def test_first_mail_refreshes_the_token_and_is_relayed(host):
 
 def test_token_is_reused_then_refreshed_once_expired(host):
     first = host.token()["access_token"]
-    assert wait_for(host.relay, host.send())
+    assert host.relay.find(host.send())
     assert host.endpoint.refreshes == 1  # still valid: no new refresh
     while host.endpoint.valid(USER, first):
         time.sleep(0.5)
-    assert wait_for(host.relay, host.send()), host.log()[-3000:]
+    assert host.relay.find(host.send()), host.log()[-3000:]
     assert host.endpoint.refreshes == 2
     assert host.token()["access_token"] != first
 
@@ -226,7 +216,7 @@ def test_probe_reports_xoauth2_and_the_accepted_refresh_token(host):
     assert host.endpoint.refreshes == refreshes + 1
     # the probe stored what it got, as the plugin would: the next mail uses it
     assert host.endpoint.valid(USER, host.token()["access_token"])
-    assert wait_for(host.relay, host.send())
+    assert host.relay.find(host.send())
     assert host.endpoint.refreshes == refreshes + 1
 
 
@@ -258,6 +248,15 @@ def test_token_file_not_writable_by_smtp_is_named_and_fixed_by_apply(host):
     assert any("not writable by postfix" in d["cause"] for d in result["diagnosis"]), result
     data = host.apply()
     assert token_state(data)["changes"] == {"user": "postfix"}
+    assert host.probe()["ok"] is True
+
+
+def test_damaged_token_file_is_named_and_rewritten_by_apply(host):
+    host.token_file().write_text('{"refresh_token": "Refr')  # cut short (disk full)
+    result = host.probe()
+    assert any("cannot be read" in d["cause"] for d in result["diagnosis"]), result
+    data = host.apply()
+    assert token_state(data)["changes"]["token_file"]
     assert host.probe()["ok"] is True
 
 
@@ -301,7 +300,7 @@ def test_revoked_refresh_token_defers_mail_and_probe_names_it(host):
             break
         time.sleep(0.5)
     assert waiting, host.log()[-3000:]
-    assert not wait_for(host.relay, token, timeout=1)
+    assert not host.relay.find(token, timeout=1)
     assert "status=bounced" not in host.log()
     reasons = " ".join(r.get("delay_reason", "") for m in waiting for r in m["recipients"])
     assert "SASL authentication failed" in reasons, reasons
@@ -316,7 +315,7 @@ def test_revoked_refresh_token_defers_mail_and_probe_names_it(host):
     data = host.apply()
     assert token_state(data)["changes"]
     assert host.token()["refresh_token"] == REFRESH2
-    assert wait_for(host.relay, token), host.log()[-3000:]
+    assert host.relay.find(token), host.log()[-3000:]
 
 
 def test_no_token_or_secret_anywhere_but_the_token_file(host):
