@@ -194,14 +194,18 @@ def oauth2_settings(key, value, host):
     endpoint = _text(f"{key}:token_endpoint", value.get("token_endpoint"), required=True)
     if not re.match(r"^https://[^/\s]+(/\S*)?$", endpoint):
         _fail(f"{key}:token_endpoint", f"{endpoint!r} is not an https:// URL")
+    ca_file = absolute_path(f"{key}:ca_file", value.get("ca_file"), must_exist=True) \
+        or host.get("ca_bundle")
+    if not ca_file:
+        _fail(f"{key}:ca_file", "is required here: no CA bundle is known for this OS "
+              "(the plugin checks the token endpoint's certificate with it)")
     return {
         "token_endpoint": endpoint,
         "client_id": _text(f"{key}:client_id", value.get("client_id"), required=True),
         "client_secret": _text(f"{key}:client_secret", value.get("client_secret")),
         "refresh_token": _text(f"{key}:refresh_token", value.get("refresh_token"),
                                required=True),
-        "ca_file": absolute_path(f"{key}:ca_file", value.get("ca_file"), must_exist=True)
-        or host.get("ca_bundle"),
+        "ca_file": ca_file,
     }
 
 
@@ -413,11 +417,13 @@ def normalise(pillar, grains, host):
         "xoauth2_root": host.get("smtp_chroot_dir", "") if oauth2 else None,
         # the plugin's own config: no secrets (those go in the 0600 token file)
         # (the plugin does not load without a client_secret key: the real one,
-        # if any, is in the token file, which overrides this)
+        # if any, is in the token file, which overrides this). No syslog: its
+        # failure line is the last trace line, which can be the token endpoint's
+        # answer with a fresh access token (seen with 0.27); probe names causes.
         "xoauth2_conf": json.dumps({
             "client_id": oauth2["client_id"], "client_secret": "",
             "token_endpoint": oauth2["token_endpoint"],
-            "log_to_syslog_on_failure": "yes", "log_full_trace_on_failure": "no",
+            "log_to_syslog_on_failure": "no", "log_full_trace_on_failure": "no",
         }, indent=1) + "\n" if oauth2 else None,
         "extra_params": sorted(extra),
         "log_file": log_file,

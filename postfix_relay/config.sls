@@ -33,17 +33,25 @@ postfix-relay-config-xoauth2-dir:
     - require:
       - pkg: postfix-relay-package-installed
 
-{#- read when the plugin loads (before smtp enters its chroot) and again in it #}
-{%- for conf_file in ["/etc/sasl-xoauth2.conf"] + ([s.xoauth2_root ~ "/etc/sasl-xoauth2.conf"] if s.xoauth2_root else []) %}
-
-postfix-relay-config-xoauth2-conf-{{ loop.index }}:
+{#- read when the plugin loads (before smtp enters its chroot) #}
+postfix-relay-config-xoauth2-conf:
   file.managed:
-    - name: {{ conf_file }}
+    - name: /etc/sasl-xoauth2.conf
+    - contents: {{ s.xoauth2_conf | json }}
+    - mode: "0644"
+    - require:
+      - pkg: postfix-relay-package-installed
+{%- if s.xoauth2_root %}
+
+{#- and inside the chroot, for a plugin that reads it there #}
+postfix-relay-config-xoauth2-conf-chroot:
+  file.managed:
+    - name: {{ s.xoauth2_root }}/etc/sasl-xoauth2.conf
     - contents: {{ s.xoauth2_conf | json }}
     - mode: "0644"
     - require:
       - file: postfix-relay-config-xoauth2-dir
-{%- endfor %}
+{%- endif %}
 
 postfix-relay-config-xoauth2-ca:
   file.managed:

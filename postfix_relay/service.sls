@@ -16,7 +16,9 @@ postfix-relay-service-running:
       - postmap: postfix-relay-config-reply-to
       - postmap: postfix-relay-config-recipients
 {%- if salt["pillar.get"]("postfix_relay:relay:oauth2") %}
-      {#- a new refresh token or CA: send what waited for it #}
+      {#- a new refresh token or CA: send what waited for it; a new plugin
+          config: smtp processes reload it (the plugin reads it when loaded) #}
       - postfix_xoauth2: postfix-relay-config-xoauth2-token
       - file: postfix-relay-config-xoauth2-ca
+      - file: postfix-relay-config-xoauth2-conf
 {%- endif %}

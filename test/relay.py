@@ -33,7 +33,7 @@ import threading
 import time
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -136,6 +136,13 @@ class _Handler:
         self.relay._note_auth(server, "XOAUTH2", user, ok)
         if ok:
             return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
+        if self.relay.xoauth2_challenge:
+            # Gmail's way: the error as a JSON challenge, the 535 after the
+            # client's empty answer
+            error = json.dumps({"status": "400", "schemes": "Bearer",
+                                "scope": "https://mail.google.com/"})
+            if await server.challenge_auth(error) is MISSING:
+                return AuthResult(success=False, handled=True)
         return AuthResult(success=False, handled=False, message=self.relay.xoauth2_reject)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
@@ -180,6 +187,7 @@ class Relay:
         self.cert_names = cert_names
         self.xoauth2_check = xoauth2_check  # (user, access_token) -> bool
         self.xoauth2_reject = None  # the reply to a refused token (None: aiosmtpd's 535)
+        self.xoauth2_challenge = False  # refuse Gmail's way: a 334 JSON error first
         self.auth_require_tls = auth_require_tls
         self.store = store
         self.reject_all = reject_all

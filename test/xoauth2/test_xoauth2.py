@@ -44,8 +44,8 @@ def relay(tmp_path_factory, endpoint):
 
 
 class Syslog:
-    """/dev/log for the tree and for smtp's chroot in it: the plugin reports
-    its failures through syslog(3), not Postfix's log."""
+    """/dev/log inside smtp's chroot: the plugin would report failures through
+    syslog(3), not Postfix's log."""
 
     def __init__(self, paths):
         self.lines, self.socks = [], []
@@ -200,7 +200,8 @@ def test_token_is_reused_then_refreshed_once_expired(host):
 def test_reapply_keeps_the_refreshed_token_file(host):
     before = host.token_file().read_text()
     assert "access_token" in before
-    data = host.apply()
+    data = host.apply("--log-level=debug")  # its log is scanned for secrets too
+    assert "[DEBUG   ]" in host.outputs[-1]
     assert token_state(data)["changes"] == {}
     assert host.token_file().read_text() == before
 
@@ -225,21 +226,56 @@ def test_verify_works_unchanged(host):
     assert code == 0 and data["status"] == "sent", res.stdout[-3000:]
 
 
-@pytest.mark.parametrize("reply, named", [
+@pytest.mark.parametrize("reply, challenge, named", [
     ("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the "
-     "Tenant.", "SMTP AUTH turned off"),
-    ("535 5.7.3 Authentication unsuccessful", "refuses the token"),
+     "Tenant.", False, "SMTP AUTH turned off"),
+    ("535 5.7.3 Authentication unsuccessful", False, "refuses the token"),
+    # Gmail answers a refused token with a JSON challenge first, then 535 5.7.8
+    ("535 5.7.8 Username and Password not accepted.", True, "rejects the XOAUTH2 login"),
 ])
-def test_probe_names_the_relays_rejection(host, reply, named):
-    check = host.relay.xoauth2_check
-    host.relay.xoauth2_check, host.relay.xoauth2_reject = (lambda user, token: False), reply
+def test_probe_names_the_relays_rejection(host, reply, challenge, named):
+    relay, check = host.relay, host.relay.xoauth2_check
+    relay.xoauth2_check, relay.xoauth2_reject = (lambda user, token: False), reply
+    relay.xoauth2_challenge = challenge
     try:
         result = host.probe()
     finally:
-        host.relay.xoauth2_check, host.relay.xoauth2_reject = check, None
+        relay.xoauth2_check, relay.xoauth2_reject, relay.xoauth2_challenge = check, None, False
     assert result["ok"] is False
     causes = [d["cause"] for d in result["diagnosis"]]
     assert any(named in c and reply.split()[1] in c for c in causes), causes
+
+
+def test_access_token_refused_gmail_style_is_refreshed_and_mail_follows(host):
+    # The provider drops its access tokens before they expire and answers the
+    # next AUTH with a JSON 400 challenge: the plugin refreshes on it, that
+    # attempt fails as transient (mail deferred), the retry uses the new token.
+    host.endpoint.issued.clear()
+    host.relay.xoauth2_challenge = True
+    refreshes = host.endpoint.refreshes
+    try:
+        token = host.send()
+        waiting = wait_deferred(host)
+        assert waiting, host.log()[-3000:]
+        assert host.endpoint.refreshes == refreshes + 1
+        host.sid.run("postqueue", "-f")
+        record = host.relay.find(token)
+    finally:
+        host.relay.xoauth2_challenge = False
+    assert record, host.log()[-3000:]
+    assert host.endpoint.refreshes == refreshes + 1  # the retry used the stored token
+    assert "status=bounced" not in host.log()
+
+
+def wait_deferred(host, timeout=60):
+    """The deferred messages, once there are any (SASL failure reasons)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = [m for m in host.queue() if m["queue_name"] == "deferred"]
+        if waiting:
+            return waiting
+        time.sleep(0.5)
+    return []
 
 
 def test_token_file_not_writable_by_smtp_is_named_and_fixed_by_apply(host):
@@ -293,19 +329,12 @@ def test_revoked_refresh_token_defers_mail_and_probe_names_it(host):
     expiry = int(host.token()["expiry"])
     time.sleep(max(0, expiry - time.time()) + 1)
     token = host.send()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        waiting = [m for m in host.queue() if m["queue_name"] == "deferred"]
-        if waiting:
-            break
-        time.sleep(0.5)
+    waiting = wait_deferred(host)
     assert waiting, host.log()[-3000:]
     assert not host.relay.find(token, timeout=1)
     assert "status=bounced" not in host.log()
     reasons = " ".join(r.get("delay_reason", "") for m in waiting for r in m["recipients"])
     assert "SASL authentication failed" in reasons, reasons
-    assert any("sasl-xoauth2" in line and "auth failed" in line
-               for line in host.syslog.lines), host.syslog.lines
     result = host.probe()
     assert any("rejects the refresh token (invalid_grant" in d["cause"]
                for d in result["diagnosis"]), result
@@ -342,9 +371,16 @@ def test_no_token_or_secret_anywhere_but_the_token_file(host):
     assert set(found) <= allowed, {str(p): h for p, h in found.items() if p not in allowed}
     for path in found:
         assert path.stat().st_mode & 0o077 == 0, path
-    # the plugin's own failure report (syslog) says what failed, not with what
-    assert host.syslog.lines
-    assert all(s not in line for line in host.syslog.lines for s in secrets)
+    # The plugin's failure line can hold the endpoint's answer, access token
+    # included (0.27, after a refresh on a 400 challenge): the formula turns its
+    # syslog off. The socket in smtp's chroot works (a line sent through it
+    # arrives) and received nothing from the plugin through all failures above.
+    host.sid.run("logger", "-u", "/var/spool/postfix/dev/log", "postfix-relay-syslog-check")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not host.syslog.lines:
+        time.sleep(0.1)
+    assert [line for line in host.syslog.lines if "sasl-xoauth2" in line] == []
+    assert any("postfix-relay-syslog-check" in line for line in host.syslog.lines)
 
 
 def test_clean_removes_the_token_files_and_the_plugin_config(host):
