@@ -211,6 +211,9 @@ def test_probe_reports_xoauth2_and_the_accepted_refresh_token(host):
     result = host.probe()
     assert result["ok"] is True, result.get("diagnosis")
     assert result["negotiated_mechanism"] == "XOAUTH2"
+    assert result["negotiation"]["with_plugin"] == ["XOAUTH2"]
+    code, plugins, res = host.salt_call("postfix_sasl.plugins")
+    assert "XOAUTH2" in plugins, res.stdout[-2000:]
     assert result["oauth2"]["answered"] is True
     assert result["oauth2"]["refresh_token_accepted"] is True
     assert result["credentials"]["accepted"] is True
