@@ -361,11 +361,7 @@ def missing_alias_databases(config_dir="/etc/postfix"):
     missing = []
     for table in re.split(r"[\s,]+", res["stdout"].strip()):
         map_type, _, path = table.partition(":")
-        compiled = __salt__["postmap.compiled_files"](path, map_type)
-        if not compiled or not os.path.exists(path):
-            continue
-        if any(not os.path.exists(f) or os.path.getmtime(f) < os.path.getmtime(path)
-               for f in compiled):
+        if os.path.exists(path) and __salt__["postmap.outdated_files"](path, map_type):
             missing.append(table)
     return missing
 

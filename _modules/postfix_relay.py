@@ -36,7 +36,6 @@ CONF_NAMES = [
     "mail_owner",
 ]
 SMTPLIB_MECHANISMS = {"PLAIN", "LOGIN", "CRAM-MD5"}
-XOAUTH2_CONF = "/etc/sasl-xoauth2.conf"  # read by the plugin when it loads
 PLUGIN_PACKAGES = {
     "Debian": "libsasl2-modules", "RedHat": "cyrus-sasl-plain (and cyrus-sasl-md5)",
     "Suse": "cyrus-sasl-plain (and cyrus-sasl-crammd5)", "Alpine": "cyrus-sasl-login",
@@ -138,16 +137,16 @@ def _table_problems(result, conf, config_dir):
             _diag(result, f"the password table {path} does not exist",
                   "apply postfix_relay with relay:username and relay:password")
             continue
-        missing = [f for f in compiled if not os.path.exists(f)]
+        outdated = __salt__["postmap.outdated_files"](path, map_type)
+        missing = [f for f in outdated if not os.path.exists(f)]
         if missing:
             _diag(result, f"the password table {spec} was never compiled ({missing[0]} "
                   "is missing): Postfix finds no password",
                   f"run `postmap {spec}` or re-apply postfix_relay")
             continue
-        if compiled and os.path.exists(path) and \
-                os.stat(compiled[0]).st_mtime < os.stat(path).st_mtime:
+        if outdated:
             _diag(result, f"the password table {spec} is stale: {path} changed after "
-                  f"{compiled[0]} was built", f"run `postmap {spec}` or re-apply postfix_relay")
+                  f"{outdated[0]} was built", f"run `postmap {spec}` or re-apply postfix_relay")
         if result["credentials"]["key"] is None and relay and os.path.exists(path):
             keys = [k for k, _ in __salt__["postmap.parse"](
                 __salt__["postfix_control.read_file"](path) or "")]
@@ -203,14 +202,19 @@ def _cert_info(sock):
     if not der:
         return None
     cert = x509.load_der_x509_certificate(der)
+    return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+            "names": _alt_names(cert, x509.DNSName) + _alt_names(cert, x509.IPAddress)}
+
+
+def _alt_names(cert, kind):
+    """The certificate's subjectAltName values of one kind, as text."""
+    from cryptography import x509  # pylint: disable=import-outside-toplevel
+
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        names = [str(n) for n in sans.value.get_values_for_type(x509.DNSName)] + \
-            [str(n) for n in sans.value.get_values_for_type(x509.IPAddress)]
     except x509.ExtensionNotFound:
-        names = []
-    return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
-            "names": names}
+        return []
+    return [str(n) for n in sans.value.get_values_for_type(kind)]
 
 
 def _negotiate(conf, offered):
@@ -365,8 +369,7 @@ def _sasl(result, conf, smtp, offered, creds, secret, trusted, config_dir):  # n
         result["credentials"]["checked"] = False
         return
     if secret is None:
-        result["credentials"].update(
-            checked=False, reason="not sent: no TLS, or a certificate that does not verify")
+        _not_sent(result)
         return
     check = _try_auth(smtp, nego["chosen"], creds["username"], secret)
     result["credentials"].update(checked=True, **check)
@@ -375,11 +378,21 @@ def _sasl(result, conf, smtp, offered, creds, secret, trusted, config_dir):  # n
               "fix relay:username / relay:password in the pillar and re-apply")
 
 
+def _not_sent(result):
+    result["credentials"].update(
+        checked=False, reason="not sent: no TLS, or a certificate that does not verify")
+
+
+def _xoauth2_conf():
+    """The plugin's config file (read when the plugin loads)."""
+    return __salt__["postfix_relay_settings.xoauth2_paths"]()["conf"]
+
+
 def _xoauth2_plugin_fix():
-    if os.path.exists(XOAUTH2_CONF):
+    if os.path.exists(_xoauth2_conf()):
         return __salt__["postfix_sasl.xoauth2_hint"]()
     return (f"{__salt__['postfix_sasl.xoauth2_hint']()}; if it is installed: it does not load "
-            f"without {XOAUTH2_CONF} (apply postfix_relay with relay:oauth2 to write it)")
+            f"without {_xoauth2_conf()} (apply postfix_relay with relay:oauth2 to write it)")
 
 
 def _xoauth2(result, conf, smtp, creds, token_path, trusted, config_dir):  # noqa: PLR0913
@@ -392,10 +405,10 @@ def _xoauth2(result, conf, smtp, creds, token_path, trusted, config_dir):  # noq
     problems = __salt__["postfix_xoauth2.file_problems"](token_path, chroot, owner)
     for problem in problems:
         _diag(result, problem["cause"], problem["fix"])
-    if any("does not exist" in problem["cause"] for problem in problems):
+    if any(problem["kind"] == "missing" for problem in problems):
         return
     try:
-        info, access = __salt__["postfix_xoauth2.refresh"](token_path, chroot, XOAUTH2_CONF)
+        info, access = __salt__["postfix_xoauth2.refresh"](token_path, chroot, _xoauth2_conf())
     except (OSError, ValueError) as exc:  # unreadable, or not JSON: the plugin fails too
         _diag(result, f"the XOAUTH2 token file {token_path} cannot be read ({type(exc).__name__})",
               "re-apply postfix_relay with relay:oauth2:refresh_token (it rewrites the file)")
@@ -405,8 +418,7 @@ def _xoauth2(result, conf, smtp, creds, token_path, trusted, config_dir):  # noq
         _diag(result, *_oauth2_failure(info))
         return
     if not trusted:
-        result["credentials"].update(
-            checked=False, reason="not sent: no TLS, or a certificate that does not verify")
+        _not_sent(result)
         return
     check = _try_xoauth2(smtp, creds["username"], access)
     result["credentials"].update(checked=True, **check)
@@ -416,22 +428,22 @@ def _xoauth2(result, conf, smtp, creds, token_path, trusted, config_dir):  # noq
 
 def _oauth2_failure(info):
     """(cause, fix) for a refresh that failed."""
-    error, endpoint = info["error"], info["token_endpoint"]
-    if info.get("error_code") == "invalid_grant":
+    error, code, endpoint = info["error"], info["error_code"], info["token_endpoint"]
+    if code == "invalid_grant":
         return (f"the token endpoint rejects the refresh token ({error}): revoked, expired "
                 "or issued to another client; Postfix keeps the mail queued",
                 "get a new refresh token for relay:username (e.g. sasl-xoauth2-tool "
                 "get-token), set relay:oauth2:refresh_token and re-apply")
-    if info.get("error_code") in ("invalid_client", "unauthorized_client"):
+    if code in ("invalid_client", "unauthorized_client"):
         return (f"the token endpoint rejects the client ({error})",
                 "check relay:oauth2:client_id and client_secret against the app registration")
     if info["answered"]:
         return (f"the token endpoint {endpoint} refuses the refresh ({error})",
                 "check relay:oauth2 against the provider's app registration")
-    if "CA bundle" in error:
+    if code == "ca_missing":
         return (error, "re-apply postfix_relay (it copies relay:oauth2:ca_file, or the "
                 "system CAs, into smtp's chroot)")
-    if "not trusted" in error:
+    if code == "untrusted":
         return (error, "set relay:oauth2:ca_file to the CA that signed the token endpoint's "
                 "certificate and re-apply")
     return (f"{error}: {endpoint}", "check relay:oauth2:token_endpoint and that this host "
@@ -512,11 +524,7 @@ def _dns_names(der):
     from cryptography.x509.oid import NameOID  # pylint: disable=import-outside-toplevel
 
     cert = x509.load_der_x509_certificate(der)
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        dns = [str(n) for n in sans.value.get_values_for_type(x509.DNSName)]
-    except x509.ExtensionNotFound:
-        dns = []
+    dns = _alt_names(cert, x509.DNSName)
     if dns:
         return dns
     return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]

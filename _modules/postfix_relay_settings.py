@@ -36,6 +36,8 @@ KNOWN_RELAY_KEYS = {
 }
 KNOWN_OAUTH2_KEYS = {"token_endpoint", "client_id", "client_secret", "refresh_token", "ca_file"}
 XOAUTH2_DIR = "/etc/sasl-xoauth2"  # as Postfix's smtp process sees it (in its chroot)
+XOAUTH2_CA = f"{XOAUTH2_DIR}/ca.pem"
+XOAUTH2_CONF = "/etc/sasl-xoauth2.conf"  # read by the plugin when it loads
 # Parameters whose override from `main_cf` would leak the password or send it
 # in clear; refused instead of silently weakening the setup.
 FORBIDDEN_EXTRA = {
@@ -207,6 +209,42 @@ def oauth2_settings(key, value, host):
                                required=True),
         "ca_file": ca_file,
     }
+
+
+def xoauth2_paths(chroot="", token_path=None):
+    """
+    The XOAUTH2 plugin's files on this host, for smtp chrooted in ``chroot``
+    ("" when not): its directory, CA bundle, token file (``token_path`` as
+    smtp sees it), its config, and the config's copy in the chroot (None
+    without one).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay_settings.xoauth2_paths /var/spool/postfix
+    """
+    return {"dir": chroot + XOAUTH2_DIR, "ca": chroot + XOAUTH2_CA,
+            "token": chroot + token_path if token_path else None,
+            "conf": XOAUTH2_CONF, "conf_chroot": chroot + XOAUTH2_CONF if chroot else None}
+
+
+def xoauth2_leftovers(chroot=""):
+    """
+    Every XOAUTH2 directory and config the formula may have written, for
+    smtp chrooted in ``chroot`` and not (clean removes them all).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay_settings.xoauth2_leftovers /var/spool/postfix
+    """
+    found = set()
+    for root in {chroot, ""}:
+        paths = xoauth2_paths(root)
+        found.update(p for p in (paths["dir"], paths["conf"], paths["conf_chroot"]) if p)
+    return sorted(found)
 
 
 def extra_value(key, value):
@@ -413,8 +451,9 @@ def normalise(pillar, grains, host):
         "oauth2": oauth2,
         # the token file as Postfix's smtp process sees it (the table's "password")
         "oauth2_token_path": password if oauth2 else None,
-        # where those paths lie on this host: in smtp's chroot when it has one
-        "xoauth2_root": host.get("smtp_chroot_dir", "") if oauth2 else None,
+        # where the plugin's files lie on this host: in smtp's chroot when it has one
+        "xoauth2_paths": xoauth2_paths(host.get("smtp_chroot_dir", ""), password)
+        if oauth2 else None,
         # the plugin's own config: no secrets (those go in the 0600 token file)
         # (the plugin does not load without a client_secret key: the real one,
         # if any, is in the token file, which overrides this). No syslog: its
@@ -603,7 +642,7 @@ def oauth2_token_file(saltenv="base"):
     oauth2 = get(lookup=lookup(saltenv), show_secrets=True)["oauth2"] or {}
     data = {"refresh_token": oauth2.get("refresh_token"), "client_id": oauth2.get("client_id"),
             "token_endpoint": oauth2.get("token_endpoint"),
-            "ca_bundle_file": f"{XOAUTH2_DIR}/ca.pem"}
+            "ca_bundle_file": XOAUTH2_CA}
     if oauth2.get("client_secret"):
         data["client_secret"] = oauth2["client_secret"]
     return data

@@ -19,7 +19,6 @@ import json
 import os
 import pwd
 import ssl
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -84,12 +83,11 @@ def write_token(path, data, user="postfix"):
         salt-call postfix_xoauth2.write_token /etc/sasl-xoauth2/x.json '{...}'
     """
     entry = pwd.getpwnam(user)
-    _write_atomic(path, data, entry.pw_uid, entry.pw_gid, 0o600)
+    _write_json(path, data, 0o600, (entry.pw_uid, entry.pw_gid))
     stamp = _stamp_file(path)
     __utils__["postfix_files.private_dir"](os.path.dirname(stamp))
-    fd = os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(digest(data))
+    __utils__["postfix_files.write_atomic"](stamp, digest(data), mode=0o600,
+                                           backdate_mtime=False)
     return True
 
 
@@ -159,7 +157,7 @@ def file_problems(path, chroot="", owner="postfix"):
     ``chroot``) from using the token file ``path`` (as smtp sees it): missing,
     not writable by it (the plugin rewrites it on every refresh, through a new
     file in the same directory), or readable by others. A list of
-    ``{"cause", "fix"}``.
+    ``{"kind", "cause", "fix"}``, kind one of missing, not_writable, readable.
 
     CLI Example:
 
@@ -172,19 +170,22 @@ def file_problems(path, chroot="", owner="postfix"):
     real = _host_path(chroot, path)
     reapply = "re-apply postfix_relay (it writes the token file with the right owner)"
     if not os.path.exists(real):
-        return [{"cause": f"the XOAUTH2 token file {path} does not exist{where}: "
+        return [{"kind": "missing",
+                 "cause": f"the XOAUTH2 token file {path} does not exist{where}: "
                           f"the plugin has no refresh token ({real})", "fix": reapply}]
     user = pwd.getpwnam(owner)
     problems = []
     stat = os.stat(real)
     if not _can_write(stat, user) or not _can_write(os.stat(os.path.dirname(real)), user):
         problems.append({
+            "kind": "not_writable",
             "cause": f"the XOAUTH2 token file {real} (or its directory) is not writable by "
                      f"{owner}, the user Postfix's smtp process runs as: the plugin cannot "
                      "store refreshed access tokens and authentication fails",
             "fix": reapply})
     if stat.st_mode & 0o077:
-        problems.append({"cause": f"the XOAUTH2 token file {real} (a refresh token) is "
+        problems.append({"kind": "readable",
+                         "cause": f"the XOAUTH2 token file {real} (a refresh token) is "
                                   f"readable by others (mode {stat.st_mode & 0o777:04o})",
                          "fix": reapply})
     return problems
@@ -223,8 +224,10 @@ def refresh(path, chroot="", conf_file="/etc/sasl-xoauth2.conf", timeout=10):
     would (same endpoint, client and CA bundle, the bundle as smtp sees it in
     its chroot), and store the result in the file as the plugin does, so the
     next mail uses it. Returns ``({"token_endpoint", "answered",
-    "refresh_token_accepted", "error", "expires_in", "ca_bundle"}, access
-    token or None)``: the token is for the caller's AUTH test, never shown.
+    "refresh_token_accepted", "error", "error_code", "expires_in",
+    "ca_bundle"}, access token or None)``: the token is for the caller's AUTH
+    test, never shown. error_code: the endpoint's OAuth2 error (invalid_grant,
+    ...), or ca_missing, untrusted, unreachable when it was not reached.
     """
     real = _host_path(chroot, path)
     with open(real, encoding="utf-8") as handle:
@@ -235,11 +238,13 @@ def refresh(path, chroot="", conf_file="/etc/sasl-xoauth2.conf", timeout=10):
     # no ca_bundle_file: libcurl's default path, inside the chroot too
     ca_seen = setting["ca_bundle_file"] or "/etc/ssl/certs/ca-certificates.crt"
     info = {"token_endpoint": setting["token_endpoint"], "ca_bundle": ca_seen,
-            "answered": False, "refresh_token_accepted": False, "error": None}
+            "answered": False, "refresh_token_accepted": False, "error": None,
+            "error_code": None}
     ca_real = _host_path(chroot, ca_seen)
     if not os.path.exists(ca_real):
         info["error"] = (f"the CA bundle {ca_seen} does not exist inside smtp's chroot "
                          f"({ca_real}): the plugin cannot verify the token endpoint")
+        info["error_code"] = "ca_missing"
         return info, None
     form = {"client_id": setting["client_id"], "client_secret": setting["client_secret"],
             "grant_type": "refresh_token", "refresh_token": token.get("refresh_token", "")}
@@ -251,8 +256,10 @@ def refresh(path, chroot="", conf_file="/etc/sasl-xoauth2.conf", timeout=10):
             info["error"] = (f"the token endpoint's certificate is not trusted by {ca_seen}, "
                              "the CA bundle the plugin uses in smtp's chroot "
                              f"({reason.verify_message})")
+            info["error_code"] = "untrusted"
         else:
             info["error"] = f"the token endpoint is unreachable ({reason})"
+            info["error_code"] = "unreachable"
         return info, None
     info["answered"] = True
     if status != 200 or not body.get("access_token"):
@@ -274,21 +281,11 @@ def refresh(path, chroot="", conf_file="/etc/sasl-xoauth2.conf", timeout=10):
 def _replace(path, data):
     """Rewrite the token file as the plugin does, keeping its owner and mode."""
     stat = os.stat(path)
-    _write_atomic(path, data, stat.st_uid, stat.st_gid, stat.st_mode & 0o777)
+    _write_json(path, data, stat.st_mode & 0o777, (stat.st_uid, stat.st_gid))
 
 
-def _write_atomic(path, data, uid, gid, mode):
-    """A new file beside path, then renamed over it: never half-written."""
-    fd, tmp = tempfile.mkstemp(prefix=".token.", dir=os.path.dirname(path))
-    try:
-        os.fchmod(fd, mode)
-        os.fchown(fd, uid, gid)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def _write_json(path, data, mode, owner):
+    """Never half-written, never readable by others on the way (a temp file
+    beside it, renamed over it)."""
+    __utils__["postfix_files.write_atomic"](path, json.dumps(data, indent=1), mode=mode,
+                                           backdate_mtime=False, owner=owner)

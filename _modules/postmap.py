@@ -246,6 +246,22 @@ def compiled_files(path, map_type):
     return [path + suffix for suffix in INDEXED.get(map_type, ())]
 
 
+def outdated_files(path, map_type):
+    """
+    The compiled files of a table that are missing, or older than an existing
+    source (Postfix then reads no entries, or old ones).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postmap.outdated_files /etc/aliases hash
+    """
+    source = os.stat(path).st_mtime if os.path.exists(path) else None
+    return [f for f in compiled_files(path, map_type)
+            if not os.path.exists(f) or (source is not None and os.stat(f).st_mtime < source)]
+
+
 # -- execution functions -------------------------------------------------------
 
 def dump(path, map_type=None, config_dir="/etc/postfix"):

@@ -37,8 +37,9 @@ def readable_config_dir(config_dir):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_atomic(path, text, mode=0o644, backdate_mtime=True):
-    """Write text to path through a temp file, fsync and rename."""
+def write_atomic(path, text, mode=0o644, backdate_mtime=True, owner=None):
+    """Write text to path through a temp file (0600 until done), fsync and
+    rename; ``owner`` is a (uid, gid) pair, default: the writer's."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".postfix_relay.", dir=directory)
     try:
@@ -46,6 +47,8 @@ def write_atomic(path, text, mode=0o644, backdate_mtime=True):
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
         os.chmod(tmp, mode)
         if backdate_mtime:
             backdate(tmp)

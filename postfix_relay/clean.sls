@@ -38,8 +38,7 @@ postfix-relay-clean-aliases:
 
 {#- XOAUTH2 token files (refresh tokens) and the plugin's config #}
 {%- set chroot = salt["postfix_control.smtp_chroot_dir"](conf, postfix_relay.lookup.smtp_chroot_dir) %}
-{%- for path in [chroot ~ "/etc/sasl-xoauth2", chroot ~ "/etc/sasl-xoauth2.conf",
-                 "/etc/sasl-xoauth2", "/etc/sasl-xoauth2.conf"] | unique %}
+{%- for path in salt["postfix_relay_settings.xoauth2_leftovers"](chroot) %}
 
 postfix-relay-clean-xoauth2-{{ loop.index }}:
   file.absent:

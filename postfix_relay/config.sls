@@ -19,13 +19,12 @@ postfix-relay-config-sasl-dir:
 {%- endif %}
 
 {%- if s.oauth2 %}
-{%- set xo = s.xoauth2_root ~ "/etc/sasl-xoauth2" %}
 
 {#- XOAUTH2: the plugin runs in Postfix's smtp process, inside its chroot when
     master.cf gives it one: its config, token file and CA bundle go there. #}
 postfix-relay-config-xoauth2-dir:
   file.directory:
-    - name: {{ xo }}
+    - name: {{ s.xoauth2_paths.dir }}
     - user: postfix
     - group: postfix
     - mode: "0700"
@@ -36,17 +35,17 @@ postfix-relay-config-xoauth2-dir:
 {#- read when the plugin loads (before smtp enters its chroot) #}
 postfix-relay-config-xoauth2-conf:
   file.managed:
-    - name: /etc/sasl-xoauth2.conf
+    - name: {{ s.xoauth2_paths.conf }}
     - contents: {{ s.xoauth2_conf | json }}
     - mode: "0644"
     - require:
       - pkg: postfix-relay-package-installed
-{%- if s.xoauth2_root %}
+{%- if s.xoauth2_paths.conf_chroot %}
 
 {#- and inside the chroot, for a plugin that reads it there #}
 postfix-relay-config-xoauth2-conf-chroot:
   file.managed:
-    - name: {{ s.xoauth2_root }}/etc/sasl-xoauth2.conf
+    - name: {{ s.xoauth2_paths.conf_chroot }}
     - contents: {{ s.xoauth2_conf | json }}
     - mode: "0644"
     - require:
@@ -55,7 +54,7 @@ postfix-relay-config-xoauth2-conf-chroot:
 
 postfix-relay-config-xoauth2-ca:
   file.managed:
-    - name: {{ xo }}/ca.pem
+    - name: {{ s.xoauth2_paths.ca }}
     - source: {{ s.oauth2.ca_file }}
     - mode: "0644"
     - require:
@@ -63,7 +62,7 @@ postfix-relay-config-xoauth2-ca:
 
 postfix-relay-config-xoauth2-token:
   postfix_xoauth2.token_file:
-    - name: {{ s.xoauth2_root ~ s.oauth2_token_path }}
+    - name: {{ s.xoauth2_paths.token }}
     - data_from: postfix_relay_settings.oauth2_token_file
     - user: postfix
     - require:
