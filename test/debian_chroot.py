@@ -5,10 +5,13 @@ commands in the tree as its own host (private mount and UTS namespaces with
 /proc, /dev and /run of its own, chrooted; the network is the machine's).
 """
 
+import json
 import pathlib
 import shutil
 import subprocess
 import textwrap
+
+import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MIRROR = "http://deb.debian.org/debian"
@@ -47,6 +50,21 @@ class Chroot:
 
     def path(self, inside):
         return self.root / inside.lstrip("/")
+
+    def salt_call(self, *args, timeout=600):
+        """(retcode, the JSON return or None, the process) of a masterless call."""
+        res = self.run("/opt/salt/bin/salt-call", "--local", "--out=json",
+                       "--retcode-passthrough", *args, check=False, timeout=timeout)
+        try:
+            return res.returncode, json.loads(res.stdout)["local"], res
+        except ValueError:
+            return res.returncode, None, res
+
+    def write_pillar(self, pillar):
+        """The formula's pillar file (0600: it holds secrets)."""
+        path = self.path("/srv/pillar/postfix_relay.sls")
+        path.write_text(yaml.safe_dump(pillar))
+        path.chmod(0o600)
 
 
 def build(root, suite, hostname, python="python3", packages=()):

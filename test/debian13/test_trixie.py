@@ -4,13 +4,11 @@ Debian 12 (Postfix version, compatibility level, defaults) is the formula's
 business; the test only says what a sysadmin would check. Tests run in order.
 """
 
-import json
 import stat
 import sys
 import uuid
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 
@@ -26,25 +24,14 @@ def relay(tmp_path_factory):
         yield server
 
 
-def salt_call(trixie, *args):
-    res = trixie.run("/opt/salt/bin/salt-call", "--local", "--out=json",
-                     "--retcode-passthrough", *args, check=False)
-    try:
-        return res.returncode, json.loads(res.stdout)["local"], res
-    except ValueError:
-        return res.returncode, None, res
-
-
 def apply(trixie, relay, *extra):
     pillar = {"postfix_relay": {
         "domain": "example.org", "recipient": "me@example.org", "reply_to": "me@example.org",
         "listen": "none",
         "relay": {"host": "127.0.0.1", "port": relay.port, "username": "trixie",
                   "password": PASSWORD}}}
-    path = trixie.path("/srv/pillar/postfix_relay.sls")
-    path.write_text(yaml.safe_dump(pillar))
-    path.chmod(0o600)
-    return salt_call(trixie, "state.apply", "postfix_relay", *extra)
+    trixie.write_pillar(pillar)
+    return trixie.salt_call("state.apply", "postfix_relay", *extra)
 
 
 def test_it_is_debian_13_with_its_own_postfix(trixie):
@@ -91,7 +78,7 @@ def test_cron_mail_is_relayed_rewritten(trixie, relay):
 
 
 def test_verify_inside_and_second_apply_changes_nothing(trixie, relay):
-    code, verified, res = salt_call(trixie, "postfix_relay.verify", "timeout=60")
+    code, verified, res = trixie.salt_call("postfix_relay.verify", "timeout=60")
     assert code == 0 and verified["status"] == "sent", res.stdout[-3000:]
     code, data, res = apply(trixie, relay)
     assert code == 0

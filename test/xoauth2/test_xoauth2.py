@@ -17,7 +17,6 @@ import time
 import uuid
 
 import pytest
-import yaml
 
 from oauth2_endpoint import TokenEndpoint
 from relay import Relay, make_certs
@@ -81,13 +80,9 @@ class Host:
         shutil.copy(endpoint.ca_file, sid.path("/srv/oauth-ca.pem"))
 
     def salt_call(self, *args):
-        res = self.sid.run("/opt/salt/bin/salt-call", "--local", "--out=json",
-                           "--retcode-passthrough", *args, check=False, timeout=900)
+        code, data, res = self.sid.salt_call(*args, timeout=900)
         self.outputs.append(res.stdout + res.stderr)
-        try:
-            return res.returncode, json.loads(res.stdout)["local"], res
-        except ValueError:
-            return res.returncode, None, res
+        return code, data, res
 
     def apply(self, *extra):
         pillar = {"postfix_relay": {
@@ -98,9 +93,7 @@ class Host:
                                  "client_secret": SECRET,
                                  "refresh_token": self.refresh_token,
                                  "ca_file": "/srv/oauth-ca.pem"}}}}
-        path = self.sid.path("/srv/pillar/postfix_relay.sls")
-        path.write_text(yaml.safe_dump(pillar))
-        path.chmod(0o600)
+        self.sid.write_pillar(pillar)
         code, data, res = self.salt_call("state.apply", "postfix_relay", *extra)
         assert code == 0 and data, res.stdout[-3000:] + res.stderr[-3000:]
         assert all(v["result"] is True for v in data.values())
