@@ -669,15 +669,19 @@ def packages(values=None):
     if not name:
         _fail("relay:oauth2", f"no XOAUTH2 plugin package is known for os_family "
               f"{__grains__.get('os_family')}: set postfix_relay:lookup:xoauth2_package")
+    if __salt__["pkg.version"](name) or _offered(name):
+        return pkgs + [name]
+    hint = __salt__["postfix_sasl.xoauth2_hint"]() if "postfix_sasl.xoauth2_hint" in \
+        __salt__ else "github.com/tarickb/sasl-xoauth2"
+    _fail("relay:oauth2", f"needs the Cyrus SASL client plugin {name}, which this "
+          f"host's package sources do not offer: {hint}; add a source that has it "
+          "and update the package lists (or install it), then apply again")
+
+
+def _offered(name):
+    """The package sources have name (asked only when it is not installed)."""
     # from the package cache as it is (no refresh: rendering must stay quick)
     latest = __salt__["pkg.latest_version"](name, refresh=False)
     if isinstance(latest, dict):  # some Salt versions answer {name: version}
         latest = latest.get(name)
-    if not (__salt__["pkg.version"](name) or latest):
-        hint = __salt__["postfix_sasl.xoauth2_hint"]() if "postfix_sasl.xoauth2_hint" in \
-            __salt__ else "github.com/tarickb/sasl-xoauth2"
-        _fail("relay:oauth2", f"needs the Cyrus SASL client plugin {name}, which this "
-              f"host's package sources do not offer: {hint}; add a source that has it "
-              "and update the package lists (or install it), then apply again")
-    return pkgs + [name]
-
+    return bool(latest)
