@@ -390,13 +390,10 @@ def _write_stamp(path, digest, files):
     target = _stamp_file(path)
     with contextlib.suppress(OSError):
         __utils__["postfix_files.private_dir"](os.path.dirname(target))
-        tmp = f"{target}.{os.getpid()}"
         # The digest is of the table text, secrets included: root-only.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"digest": digest, "compiled": [_stat_key(f) for f in files]}, handle)
-        os.replace(tmp, target)
+        __utils__["postfix_files.write_atomic"](
+            target, json.dumps({"digest": digest, "compiled": [_stat_key(f) for f in files]}),
+            mode=0o600, backdate_mtime=False)
 
 
 def _private_temp(directory, name):
