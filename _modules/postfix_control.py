@@ -194,6 +194,7 @@ def check_main_cf(text, config_dir="/etc/postfix"):
     The candidate is written to a private directory beside a copy of the live
     master.cf, then ``postconf -n`` and ``postfix check`` read it there. Unknown
     parameters and anything Postfix calls fatal are returned as problems.
+    Nothing outside that private directory is written (see _check_copy).
 
     CLI Example:
 
@@ -204,10 +205,7 @@ def check_main_cf(text, config_dir="/etc/postfix"):
     tmp = tempfile.mkdtemp(prefix="postfix_relay.check.")
     try:
         os.chmod(tmp, 0o755)
-        path = os.path.join(tmp, "main.cf")
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        __utils__["postfix_files.backdate"](path)
+        _write_candidate(tmp, text)
         master = os.path.join(config_dir, "master.cf")
         if os.path.exists(master):
             shutil.copy(master, os.path.join(tmp, "master.cf"))
@@ -218,12 +216,62 @@ def check_main_cf(text, config_dir="/etc/postfix"):
         if res["retcode"]:
             problems.append(f"postconf rejects the new main.cf: {res['stderr'].strip()}")
         if not problems:
-            code, message = _check_with_tty(tmp)
-            if code:
-                problems.append(f"postfix check failed: {message or 'exit code ' + str(code)}")
+            problems = _check_copy(tmp, text)
         return problems
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_candidate(directory, text):
+    path = os.path.join(directory, "main.cf")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    __utils__["postfix_files.backdate"](path)
+
+
+def _check_copy(tmp, text):
+    """
+    ``postfix check`` on the candidate in tmp, its writes kept in tmp.
+
+    ``postfix check`` creates missing queue and data directories (post-install
+    create-missing), repairs queue files (postsuper) and may log to
+    maillog_file: the copy it reads points those into tmp, so a check (also
+    the one run while the SLS renders, under test=True too) never changes the
+    host. The candidate's own queue directory is only looked at: Postfix
+    refuses to run without it.
+    """
+    names = ["queue_directory", "data_directory", "maillog_file"]
+    res = _run(["postconf", "-c", tmp, "-x", "-h"] + names)
+    values = dict(zip(names, res["stdout"].splitlines()))
+    queue = values.get("queue_directory", "")
+    if not os.path.isdir(queue):
+        return [f"postfix check failed: queue_directory {queue} does not exist "
+                "(create it or set main_cf:queue_directory to Postfix's queue)"]
+    private = {"queue_directory": os.path.join(tmp, "queue"),
+               "data_directory": os.path.join(tmp, "data")}
+    if values.get("maillog_file"):
+        private["maillog_file"] = os.path.join(tmp, "maillog")
+    os.mkdir(private["queue_directory"])
+    os.chmod(private["queue_directory"], 0o755)
+    _write_candidate(tmp, _without_params(text, private) +
+                     "".join(f"{name} = {path}\n" for name, path in private.items()))
+    code, message = _check_with_tty(tmp)
+    if code:
+        return [f"postfix check failed: {message or 'exit code ' + str(code)}"]
+    return []
+
+
+def _without_params(text, names):
+    """main.cf text without the lines (continuations included) that set names."""
+    kept, skipping = [], False
+    for line in text.splitlines():
+        if skipping and line[:1].isspace() and line.strip():
+            continue
+        name = line.partition("=")[0].strip()
+        skipping = "=" in line and not line[:1].isspace() and name in names
+        if not skipping:
+            kept.append(line + "\n")
+    return "".join(kept)
 
 
 def _check_with_tty(config_dir):

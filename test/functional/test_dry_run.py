@@ -1,0 +1,94 @@
+"""
+test=True is a dry run: nothing on the host changes, not even through a
+command run while the SLS renders, and every state reports what the real run
+would change (result None) or that nothing would (result True).
+
+Postfix's own check (``postfix check``) runs ``post-install create-missing``
+and ``postsuper``, which create and repair queue and data directories: the
+formula's check must never let it reach the directories of a real layout.
+Here the layout is a private copy with an empty queue_directory (Postfix
+refuses to run without one) and no data_directory: any write creates them.
+"""
+
+import os
+import pathlib
+import shutil
+import time
+
+import pytest
+
+MASTER_CF = next(p for p in ("/etc/postfix/master.cf", "/usr/share/postfix/master.cf.dist")
+                 if os.path.exists(p))
+
+
+@pytest.fixture
+def layout(tmp_path):
+    """A Postfix config dir with an empty queue directory and no data directory."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    os.chmod(conf, 0o755)
+    shutil.copy(MASTER_CF, conf / "master.cf")
+    queue, data = tmp_path / "queue", tmp_path / "data"
+    queue.mkdir()
+    os.chmod(queue, 0o755)
+    (conf / "main.cf").write_text(
+        f"compatibility_level = 3.6\nqueue_directory = {queue}\ndata_directory = {data}\n")
+    old = time.time() - 60
+    os.utime(conf / "main.cf", (old, old))
+    return {"conf": conf, "queue": queue, "data": data, "root": tmp_path}
+
+
+def tree(root):
+    """Every path under root with its mode and mtime."""
+    found = {}
+    for path in sorted(pathlib.Path(root).rglob("*")):
+        st = path.lstat()
+        found[str(path)] = (st.st_mode, st.st_uid, st.st_mtime_ns)
+    return found
+
+
+def params_for(layout, **extra):
+    return {"relayhost": "[smtp.example.net]:587", "queue_directory": str(layout["queue"]),
+            "data_directory": str(layout["data"]), **extra}
+
+
+def test_precheck_creates_no_directory(loaders, layout):
+    before = tree(layout["root"])
+    problems = loaders.modules.postfix_control.precheck_main_cf(
+        params_for(layout), str(layout["conf"]))
+    assert problems == []
+    assert not any(layout["queue"].iterdir()), "postfix check created queue directories"
+    assert not layout["data"].exists(), "postfix check created the data directory"
+    assert tree(layout["root"]) == before
+
+
+def test_precheck_still_runs_postfix_check(loaders, layout):
+    """postconf accepts mail_owner = root; only `postfix check` refuses it."""
+    problems = loaders.modules.postfix_control.precheck_main_cf(
+        params_for(layout, mail_owner="root"), str(layout["conf"]))
+    assert any("postfix check failed" in p and "mail_owner" in p for p in problems), problems
+    assert not any("overriding earlier entry" in p for p in problems), problems
+    problems = loaders.modules.postfix_control.precheck_main_cf(
+        params_for(layout, no_such_parameter="1"), str(layout["conf"]))
+    assert problems == ["main_cf:no_such_parameter: Postfix does not know this parameter"]
+    assert not any(layout["queue"].iterdir()) and not layout["data"].exists()
+
+
+def test_precheck_refuses_a_missing_queue_directory(loaders, layout):
+    """Postfix will not run without its queue directory: the check says so."""
+    missing = layout["root"] / "nowhere"
+    problems = loaders.modules.postfix_control.precheck_main_cf(
+        params_for(layout, queue_directory=str(missing)), str(layout["conf"]))
+    assert len(problems) == 1 and str(missing) in problems[0], problems
+    assert not missing.exists()
+
+
+def test_main_cf_state_under_test_writes_nothing(loaders, layout):
+    before = tree(layout["root"])
+    ret = loaders.states.postfix_control.main_cf(
+        name=str(layout["conf"] / "main.cf"), params=params_for(layout),
+        config_dir=str(layout["conf"]), test=True)
+    assert ret.result is None, ret.comment
+    assert "relayhost" in ret.changes
+    assert tree(layout["root"]) == before
+
