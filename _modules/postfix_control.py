@@ -240,17 +240,16 @@ def _check_copy(tmp, text):
     host. The candidate's own queue directory is only looked at: Postfix
     refuses to run without it.
     """
-    names = ["queue_directory", "data_directory", "maillog_file"]
+    names = ["queue_directory", "data_directory", "maillog_file", "maillog_file_prefixes"]
     res = _run(["postconf", "-c", tmp, "-x", "-h"] + names)
     values = dict(zip(names, res["stdout"].splitlines()))
-    queue = values.get("queue_directory", "")
-    if not os.path.isdir(queue):
-        return [f"postfix check failed: queue_directory {queue} does not exist "
-                "(create it or set main_cf:queue_directory to Postfix's queue)"]
+    problems = _own_paths_problems(values)
+    if problems:
+        return problems
     private = {"queue_directory": os.path.join(tmp, "queue"),
                "data_directory": os.path.join(tmp, "data")}
     if values.get("maillog_file"):
-        private["maillog_file"] = os.path.join(tmp, "maillog")
+        private.update(maillog_file=os.path.join(tmp, "maillog"), maillog_file_prefixes=tmp)
     os.mkdir(private["queue_directory"])
     os.chmod(private["queue_directory"], 0o755)
     _write_candidate(tmp, _without_params(text, private) +
@@ -258,6 +257,20 @@ def _check_copy(tmp, text):
     code, message = _check_with_tty(tmp)
     if code:
         return [f"postfix check failed: {message or 'exit code ' + str(code)}"]
+    return []
+
+
+def _own_paths_problems(values):
+    """What ``postfix check`` would refuse in the paths _check_copy replaces."""
+    queue = values.get("queue_directory", "")
+    if not os.path.isdir(queue):
+        return [f"postfix check failed: queue_directory {queue} does not exist "
+                "(create it or set main_cf:queue_directory to Postfix's queue)"]
+    log = values.get("maillog_file", "")
+    prefixes = re.split(r"[\s,]+", values.get("maillog_file_prefixes", "").strip())
+    if log and not any(prefix and log.startswith(prefix) for prefix in prefixes):
+        return [f"postfix check failed: maillog_file value '{log}' does not match any "
+                "prefix in maillog_file_prefixes"]
     return []
 
 

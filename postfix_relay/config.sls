@@ -81,15 +81,17 @@ postfix-relay-config-password-table:
     - mode: "0600"
     - secret: true
     - config_dir: {{ conf }}
-    - require:
-      - file: postfix-relay-config-sasl-dir
 {%- else %}
   postmap.absent:
     - name: {{ s.tables.password }}
     - config_dir: {{ conf }}
 {%- endif %}
+    {#- one list: a second `require` key would replace this one #}
     - require:
       - pkg: postfix-relay-package-installed
+{%- if s.sasl %}
+      - file: postfix-relay-config-sasl-dir
+{%- endif %}
 
 postfix-relay-config-reply-to:
 {%- if s.reply_to %}

@@ -1,0 +1,167 @@
+"""
+Every SLS of the formula, rendered for several pillars, is checked as Salt
+would see it: no key given twice in a state (YAML and Salt keep only the last
+one, so a second ``- require:`` silently drops the first), no requisite
+pointing at a state or SLS that is not in the rendered highstate, and every
+requisite written in the SLS text still present in the compiled low data.
+
+Rendering runs the formula's own checks (Postfix's included) against a
+private config dir: nothing on the host is read or written.
+"""
+
+import copy
+import os
+import shutil
+import time
+
+import pytest
+import salt.state
+import yaml
+
+from test_dry_run import MASTER_CF
+
+REQUISITES = ("require", "watch", "onchanges", "onfail", "prereq", "use", "listen")
+BASE = {"domain": "example.org", "recipient": "me@example.org"}
+PASSWORD = {"host": "smtp.example.net", "port": 587, "username": "user", "password": "s3cret"}
+OAUTH2 = {"host": "smtp.office365.com", "port": 587, "username": "alerts@example.org",
+          "oauth2": {"token_endpoint": "https://login.example.com/t/oauth2/v2.0/token",
+                     "client_id": "app", "client_secret": "cs", "refresh_token": "rt"}}
+PILLARS = {
+    "password": {**BASE, "relay": PASSWORD},
+    "password-reply-to": {**BASE, "relay": PASSWORD, "reply_to": "help@example.org"},
+    "oauth2": {**BASE, "relay": OAUTH2},
+    "local-listen-none": {**BASE, "relay": PASSWORD, "recipient_mode": "local",
+                          "listen": "none"},
+    "no-sasl": {**BASE, "relay": {"host": "smtp.example.net", "port": 25}},
+}
+CASES = [(name, "postfix_relay") for name in PILLARS] + [("password", "postfix_relay.clean")]
+
+
+class StrictLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
+    """A YAML loader that refuses a mapping key given twice."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+@pytest.fixture(scope="module")
+def private_conf(tmp_path_factory):
+    """Postfix config dir and queue of our own (the render runs Postfix's check)."""
+    root = tmp_path_factory.mktemp("render")
+    conf, queue = root / "conf", root / "queue"
+    for path in (conf, queue):
+        path.mkdir()
+        os.chmod(path, 0o755)
+    shutil.copy(MASTER_CF, conf / "master.cf")
+    (conf / "main.cf").write_text(f"compatibility_level = 3.6\nqueue_directory = {queue}\n")
+    old = time.time() - 60
+    os.utime(conf / "main.cf", (old, old))
+    return {"conf": str(conf), "queue": str(queue), "data": str(root / "data")}
+
+
+def full_pillar(name, private_conf):
+    pillar = copy.deepcopy(PILLARS[name])
+    # queue and data directories of our own, whatever the check does with them
+    pillar["main_cf"] = {"queue_directory": private_conf["queue"],
+                         "data_directory": private_conf["data"]}
+    pillar["lookup"] = {"config_dir": private_conf["conf"], "mailname_file": "",
+                        # installed here: the oauth2 package check passes
+                        "xoauth2_package": "postfix"}
+    return {"postfix_relay": pillar}
+
+
+def render(opts, pillar, sls):
+    """(SLS texts as YAML saw them, high data, low chunks, errors)."""
+    opts = copy.deepcopy(opts)
+    opts["test"] = True
+    texts = {}
+    with salt.state.HighState(opts, pillar_override=pillar) as highstate:
+        renderers = highstate.state.rend
+        loaded = renderers._dict._dict  # pylint: disable=protected-access
+        renderers["yaml"]  # pylint: disable=pointless-statement  # loads it
+        loaded["yaml_seen.render"] = loaded["yaml.render"]
+
+        def capture(data, saltenv="base", sls="", **kwargs):
+            text = data if isinstance(data, str) else data.read()
+            texts[sls] = text
+            return renderers["yaml_seen"](text, saltenv=saltenv, sls=sls, **kwargs)
+
+        loaded["yaml.render"] = capture
+        highstate.push_active()
+        try:
+            high, errors = highstate.render_highstate({"base": [sls]})
+        finally:
+            highstate.pop_active()
+        errors += highstate.state.verify_high(high)
+        chunks, compile_errors = highstate.state.compile_high_data(high)
+    return texts, high, chunks, errors + compile_errors
+
+
+def state_args(texts):
+    """{(sls, id, state module): [argument keys, in order]} from the SLS texts."""
+    found = {}
+    for sls, text in texts.items():
+        data = yaml.load(text, Loader=StrictLoader) or {}  # noqa: S506 (a SafeLoader)
+        for state_id, body in data.items():
+            if state_id in ("include", "exclude", "extend"):
+                continue
+            for fun, args in body.items():
+                keys = [key for arg in args or [] if isinstance(arg, dict) for key in arg]
+                found[(sls, state_id, fun.split(".")[0])] = (keys, args)
+    return found
+
+
+def written_requisites(args):
+    """{kind: count} of the requisites one state lists in the SLS text."""
+    counts = {}
+    for arg in args or []:
+        for key, value in arg.items() if isinstance(arg, dict) else ():
+            if key in REQUISITES:
+                counts[key] = counts.get(key, 0) + len(value or [])
+    return counts
+
+
+def compiled_requisites(chunk):
+    return {kind: len(chunk[kind]) for kind in REQUISITES if chunk.get(kind)}
+
+
+def exists(target, chunks):
+    (kind, ref), = target.items()
+    if kind == "sls":
+        return any(chunk["__sls__"] == ref for chunk in chunks)
+    return any(chunk["state"] == kind and ref in (chunk["__id__"], chunk["name"])
+               for chunk in chunks)
+
+
+@pytest.mark.parametrize(("pillar_name", "sls"), CASES)
+def test_rendered_sls_keeps_every_requisite(loaders, private_conf, pillar_name, sls):
+    texts, _, chunks, errors = render(loaders.opts, full_pillar(pillar_name, private_conf), sls)
+    assert errors == []
+    assert texts and chunks
+    args = state_args(texts)  # raises on a duplicate mapping key
+    for (sls_name, state_id, module), (keys, _) in args.items():
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        assert not twice, f"{sls_name}: {state_id} gives {twice} more than once"
+    for chunk in chunks:
+        for kind in REQUISITES:
+            for target in chunk.get(kind) or []:
+                assert exists(target, chunks), \
+                    f"{chunk['__id__']}: {kind} {target} is not in the rendered highstate"
+        _, given = args[(chunk["__sls__"], chunk["__id__"], chunk["state"])]
+        assert compiled_requisites(chunk) == written_requisites(given), \
+            f"{chunk['__id__']}: requisites lost between the SLS text and the low data"
+
+
+def test_oauth2_pillar_renders_the_xoauth2_states(loaders, private_conf):
+    """The oauth2 case above checks the XOAUTH2 states, not a pillar fallback."""
+    _, high, _, errors = render(loaders.opts, full_pillar("oauth2", private_conf),
+                                "postfix_relay")
+    assert errors == []
+    assert "postfix-relay-config-xoauth2-token" in high
