@@ -17,14 +17,21 @@ import ipaddress
 import json
 import os
 import re
+import shutil
+import tempfile
 
 from salt.exceptions import SaltInvocationError
 
 __virtualname__ = "postfix_relay_settings"
 
 PILLAR_ROOT = "postfix_relay"
-TLS_LEVELS = ("none", "may", "encrypt", "verify", "secure")
-STRONG_TLS = ("encrypt", "verify", "secure")
+TLS_LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure")
+# Levels at which Postfix never talks to the relay without TLS (dane is not
+# one: without DNSSEC-validated TLSA records it is may).
+SASL_TLS = ("encrypt", "dane-only", "fingerprint", "verify", "secure")
+# smtp_tls_fingerprint_digest values and their digest sizes
+DIGEST_BYTES = {"md5": 16, "sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48,
+                "sha512": 64}
 RECIPIENT_MODES = ("all", "local")
 LISTEN_MODES = ("loopback", "none")
 KNOWN_KEYS = {
@@ -33,6 +40,7 @@ KNOWN_KEYS = {
 }
 KNOWN_RELAY_KEYS = {
     "host", "port", "mx", "username", "password", "tls", "ca_file", "mechanisms", "oauth2",
+    "fingerprints",
 }
 KNOWN_OAUTH2_KEYS = {"token_endpoint", "client_id", "client_secret", "refresh_token", "ca_file"}
 XOAUTH2_DIR = "/etc/sasl-xoauth2"  # as Postfix's smtp process sees it (in its chroot)
@@ -53,6 +61,7 @@ _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#%&'*+/=?^_`|~-]+(\.[A-Za-z0-9!#%&'*+/=?^
 _PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _MECHANISM = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FINGERPRINT = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})*$|^([0-9A-Fa-f]{2})+$")
 
 
 def __virtual__():
@@ -143,15 +152,103 @@ def port(key, value, default):
     return number
 
 
-def relay_host(key, value):
-    """Validate the relay host: a DNS name or an IP address, brackets allowed."""
-    value = _text(key, value, required=True)
-    bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+def _strict_text(key, value, required=False, allow_space=False):
+    """Like _text, for values YAML may silently turn into numbers, booleans or
+    dates (``0123`` -> 123, ``12:30`` -> 750): only a string is taken."""
+    if value is not None and value != "" and not isinstance(value, str):
+        # the value is not shown: it may be a password
+        _fail(key, f"must be a string, not {type(value).__name__} (YAML changes unquoted "
+                   "numbers, times and yes/no): quote it in the pillar")
+    return _text(key, value, required=required, allow_space=allow_space)
+
+
+def _idna(key, name):
+    """A Unicode host name in the ASCII (IDNA) form Postfix looks up: UTS #46
+    mapping, non-transitional, as Postfix's midna_domain_to_ascii does with ICU."""
+    import idna  # pylint: disable=import-outside-toplevel
+
     try:
-        ip = ipaddress.ip_address(bare)
+        mapped = idna.uts46_remap(name, std3_rules=False, transitional=False)
+        labels = [label if label.isascii() else idna.alabel(label).decode()
+                  for label in mapped.split(".")]
+    except (idna.IDNAError, UnicodeError, ValueError) as exc:
+        _fail(key, f"{name!r} has no IDNA (ASCII) form: {exc}")
+    return ".".join(labels)
+
+
+def postfix_hostname(key, value):
+    """Validate a host name as Postfix's valid_hostname() does (letters,
+    digits, '-' and '_'; labels of 1-63; at most 255; not all-numeric), after
+    IDNA for a Unicode name; one trailing dot is dropped. Returned in lower case."""
+    name = value[:-1] if value.endswith(".") else value
+    if not name.isascii():
+        name = _idna(key, name)
+    bad = re.search(r"[^A-Za-z0-9_.-]", name)
+    if bad:
+        _fail(key, f"{value!r}: {bad.group()!r} is not allowed in a host name "
+                   "(letters, digits, '-', '_' and '.')")
+    labels = name.split(".")
+    if "" in labels:
+        _fail(key, f"{value!r} has an empty label ('..' or a leading dot)")
+    if any(label.startswith("-") or label.endswith("-") for label in labels):
+        _fail(key, f"{value!r}: a label starts or ends with a hyphen")
+    if any(len(label) > 63 for label in labels):
+        _fail(key, f"{value!r}: a label is longer than 63 characters")
+    if len(name) > 255:
+        _fail(key, f"{value!r} is longer than 255 characters")
+    if re.fullmatch(r"[0-9.]+", name):
+        _fail(key, f"{value!r} is all-numeric: Postfix takes neither as a host name "
+                   "nor as an IPv4 address (four decimal parts, like 192.0.2.1)")
+    return name.lower()
+
+
+def _ip_literal(key, text, ipv6_only=False):
+    """The address in ``text`` as Postfix writes it inside brackets, or None
+    when ``text`` is not an address."""
+    if "%" in text and ":" in text:
+        _fail(key, f"{text!r}: an IPv6 zone id (%...) is not accepted by Postfix's smtp "
+                   "client; use a global or unique-local address or a host name")
+    try:
+        ip = ipaddress.ip_address(text)
     except ValueError:
-        return dns_name(key, bare)
+        if re.fullmatch(r"[0-9]+(\.[0-9]+){3}", text):
+            # glibc reads 010 as octal (8) where Postfix's own check reads 10
+            _fail(key, f"{text!r}: an IPv4 part with a leading zero is ambiguous "
+                       "(octal for the resolver); write it without leading zeros")
+        if ipv6_only:
+            _fail(key, f"{text!r} after 'ipv6:' is not an IPv6 address")
+        return None
+    if ipv6_only and ip.version != 6:
+        _fail(key, f"{text!r} after 'ipv6:' is not an IPv6 address")
     return f"ipv6:{ip}" if ip.version == 6 else str(ip)
+
+
+def relay_host(key, value):
+    """
+    Validate the relay host as Postfix's smtp client reads a relayhost
+    (host_port(), valid_hostname(), valid_hostaddr()): a host name (Unicode
+    names become IDNA), an IPv4 address, an IPv6 address with or without
+    Postfix's ``ipv6:`` prefix; brackets allowed. Returns ``(host, is_address)``,
+    host as written inside brackets in main.cf.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay_settings.relay_host relay:host '[ipv6:2001:db8::1]'
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # refused below with the reason (all-numeric)
+    value = _strict_text(key, value, required=True)
+    bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    if bare[:5].lower() == "ipv6:":
+        return _ip_literal(key, bare[5:], ipv6_only=True), True
+    address = _ip_literal(key, bare)
+    if address:
+        return address, True
+    if re.fullmatch(r"[^:]+:[0-9]+", bare):
+        _fail(key, f"{value!r}: give the port in relay:port, not in relay:host")
+    return postfix_hostname(key, bare), False
 
 
 def absolute_path(key, value, must_exist=False):
@@ -203,10 +300,10 @@ def oauth2_settings(key, value, host):
               "(the plugin checks the token endpoint's certificate with it)")
     return {
         "token_endpoint": endpoint,
-        "client_id": _text(f"{key}:client_id", value.get("client_id"), required=True),
-        "client_secret": _text(f"{key}:client_secret", value.get("client_secret")),
-        "refresh_token": _text(f"{key}:refresh_token", value.get("refresh_token"),
-                               required=True),
+        "client_id": _strict_text(f"{key}:client_id", value.get("client_id"), required=True),
+        "client_secret": _strict_text(f"{key}:client_secret", value.get("client_secret")),
+        "refresh_token": _strict_text(f"{key}:refresh_token", value.get("refresh_token"),
+                                      required=True),
         "ca_file": ca_file,
     }
 
@@ -281,68 +378,44 @@ def extra_params(value):
     return params
 
 
-def table_type(value, host):
-    """The password table's type from pillar `password_map:type`, or None.
-
-    None means Postfix's own `default_database_type`: main.cf then says
-    `${default_database_type}:` and Postfix itself resolves it, so the value is
-    right even when Postfix is not installed yet while the SLS renders.
+def table_type(value, params, extra, host):
+    """
+    The password table's type as the applied main.cf yields it, and whether
+    main.cf must name it literally: ``password_map:type``, else the resulting
+    main.cf's ``default_database_type`` (pillar ``main_cf``; resolved by
+    Postfix when it refers to other parameters), else Postfix's own default
+    (``postconf -d``; None while Postfix is not installed), which main.cf
+    names as ``${default_database_type}``.
     """
     if value is None:
         value = {}
     if not isinstance(value, dict) or set(value) - {"type"}:
         _fail("password_map", "must be a mapping with the single key type")
+    key, name = "password_map:type", _text("password_map:type", value.get("type"))
+    if name is None and "default_database_type" in extra:
+        key, name = "main_cf:default_database_type", extra["default_database_type"]
+        if "$" in name:
+            if not host.get("expand"):
+                _fail(key, f"{name!r} refers to other parameters, which needs Postfix "
+                      "installed to resolve: write the table type itself (for example "
+                      "lmdb) or set password_map:type")
+            name = host["expand"](params, "default_database_type")
+        if not name:
+            _fail(key, "is empty: give a table type that postconf -m lists")
     supported = host.get("map_types") or []
-    name = _text("password_map:type", value.get("type"))
     if name and supported and name not in supported:
-        _fail("password_map:type", f"{name!r} is not supported by this Postfix "
+        _fail(key, f"{name!r} is not supported by this Postfix "
               f"(postconf -m lists: {', '.join(supported)})")
-    return name
+    if name:
+        return name, True
+    return host.get("default_database_type") or None, False
 
 
-def normalise(pillar, grains, host):
-    """Validate the pillar and derive every value the formula writes.
-
-    ``pillar`` is the ``postfix_relay`` pillar dict, ``grains`` needs ``fqdn``
-    and ``host``; ``host`` holds what is known of this host: ``map_types``
-    (empty while Postfix is not installed), ``ca_bundle``, ``config_dir``,
-    ``has_syslog``.
-    """
-    if not isinstance(pillar, dict) or not pillar:
-        _fail("", "is missing: set at least domain, recipient and relay:host "
-                  "(see pillar.example)")
-    unknown = sorted(set(pillar) - KNOWN_KEYS)
-    if unknown:
-        _fail(unknown[0], f"is not a known key (known: {', '.join(sorted(KNOWN_KEYS))})")
-    relay = pillar.get("relay")
-    if not isinstance(relay, dict):
-        _fail("relay", "is required: a mapping with at least host")
-    unknown = sorted(set(relay) - KNOWN_RELAY_KEYS)
-    if unknown:
-        _fail(f"relay:{unknown[0]}", "is not a known key "
-              f"(known: {', '.join(sorted(KNOWN_RELAY_KEYS))})")
-
-    domain = dns_name("domain", pillar.get("domain"), required=True)
-    hostname = dns_name("hostname", pillar.get("hostname"))
-    if hostname is None:
-        fqdn = (grains.get("fqdn") or "").lower()
-        short = (grains.get("host") or fqdn.split(".")[0] or "localhost").lower()
-        hostname = fqdn if "." in fqdn else f"{short}.{domain}"
-        hostname = dns_name("hostname (from the minion's fqdn grain)", hostname)
-    sender = local_part("sender", pillar.get("sender")) or hostname.split(".")[0]
-    recipient = address("recipient", pillar.get("recipient"), required=True)
-    recipient_mode = choice("recipient_mode", pillar.get("recipient_mode"),
-                            RECIPIENT_MODES, "all")
-    reply_to = address("reply_to", pillar.get("reply_to"))
-    listen = choice("listen", pillar.get("listen"), LISTEN_MODES, "loopback")
-
-    rhost = relay_host("relay:host", relay.get("host"))
-    rport = port("relay:port", relay.get("port"), 587)
-    mx = relay.get("mx", False)
-    if not isinstance(mx, bool):
-        _fail("relay:mx", "must be true or false")
-    username = _text("relay:username", relay.get("username"))
-    password = _text("relay:password", relay.get("password"), allow_space=True)
+def _credentials(relay, host, rhost, rport):
+    """(username, password, oauth2) of relay; with oauth2 the "password" is
+    the token file's path as smtp sees it."""
+    username = _strict_text("relay:username", relay.get("username"))
+    password = _strict_text("relay:password", relay.get("password"), allow_space=True)
     oauth2 = oauth2_settings("relay:oauth2", relay.get("oauth2"), host)
     if oauth2 and password is not None:
         _fail("relay:password", "give either relay:password or relay:oauth2, not both")
@@ -356,17 +429,68 @@ def normalise(pillar, grains, host):
               f"{'relay:username' if password is None else 'relay:password'} is set")
     if username is not None and ":" in username:
         _fail("relay:username", "must not contain ':' (it separates user and password)")
+    return username, password, oauth2
+
+
+def tls_level(key, value, sasl, rport):
+    """The TLS level; with a password only levels that never send in clear."""
+    level = choice(key, value, TLS_LEVELS, "encrypt" if sasl or rport == 465 else "may")
+    if sasl and level == "dane":
+        _fail(key, "'dane' falls back to 'may' (TLS optional, the password in clear) "
+              "when the relay has no DNSSEC-validated TLSA records: use dane-only, "
+              f"or one of {', '.join(SASL_TLS)}, with a password")
+    if sasl and level not in SASL_TLS:
+        _fail(key, f"{level!r} would let the password go out in clear: "
+              f"use one of {', '.join(SASL_TLS)} with a password")
+    if rport == 465 and level not in SASL_TLS:
+        _fail(key, f"port 465 is implicit TLS: {level!r} is not possible there, "
+              f"use one of {', '.join(SASL_TLS)}")
+    return level
+
+
+def fingerprints(key, value, level, extra):
+    """relay:fingerprints for tls fingerprint: the certificate or public-key
+    digests Postfix accepts, checked against the digest in use."""
+    if level != "fingerprint":
+        if value not in (None, []):
+            _fail(key, "only applies with relay:tls fingerprint")
+        return None, None
+    digest = extra.get("smtp_tls_fingerprint_digest", "sha256").lower()
+    if digest not in DIGEST_BYTES:
+        _fail("main_cf:smtp_tls_fingerprint_digest", f"{digest!r} is not a digest the "
+              f"formula checks fingerprints for ({', '.join(DIGEST_BYTES)})")
+    if value in (None, [], ""):
+        _fail(key, "is required with relay:tls fingerprint: the relay certificate's "
+              f"{digest} fingerprints (openssl x509 -noout -fingerprint -{digest})")
+    if not isinstance(value, list):
+        _fail(key, "must be a list of fingerprints")
+    found = []
+    for index, item in enumerate(value):
+        text = _strict_text(f"{key}:{index}", item, required=True)
+        if not _FINGERPRINT.match(text):
+            _fail(f"{key}:{index}", f"{text!r} is not hexadecimal byte pairs "
+                  "(AB:CD:... or ABCD...)")
+        pairs = re.findall(r"[0-9A-Fa-f]{2}", text)
+        if len(pairs) != DIGEST_BYTES[digest]:
+            _fail(f"{key}:{index}", f"has {len(pairs)} bytes; a {digest} fingerprint has "
+                  f"{DIGEST_BYTES[digest]} bytes")
+        found.append(":".join(pairs).lower())
+    return digest, found
+
+
+def _relay(relay, host, extra):
+    """The relay as one value: destination, credentials, TLS, mechanisms."""
+    rhost, is_address = relay_host("relay:host", relay.get("host"))
+    rport = port("relay:port", relay.get("port"), 587)
+    mx = relay.get("mx", False)
+    if not isinstance(mx, bool):
+        _fail("relay:mx", "must be true or false")
+    username, password, oauth2 = _credentials(relay, host, rhost, rport)
     sasl = password is not None
-    tls = choice("relay:tls", relay.get("tls"), TLS_LEVELS,
-                 "encrypt" if sasl or rport == 465 else "may")
-    if sasl and tls not in STRONG_TLS:
-        _fail("relay:tls", f"{tls!r} would let the password go out in clear: "
-              "use encrypt, verify or secure with a password")
-    if rport == 465 and tls not in STRONG_TLS:
-        _fail("relay:tls", f"port 465 is implicit TLS: {tls!r} is not possible there, "
-              "use encrypt, verify or secure")
+    level = tls_level("relay:tls", relay.get("tls"), sasl, rport)
+    digest, fprs = fingerprints("relay:fingerprints", relay.get("fingerprints"), level, extra)
     ca_file = absolute_path("relay:ca_file", relay.get("ca_file"), must_exist=True)
-    if tls in ("verify", "secure") and ca_file is None:
+    if level in ("verify", "secure") and ca_file is None:
         ca_file = host.get("ca_bundle")
     mechs = mechanisms("relay:mechanisms", relay.get("mechanisms"))
     if oauth2:
@@ -375,21 +499,99 @@ def normalise(pillar, grains, host):
         mechs = ["xoauth2"]
     if mechs and not sasl:
         _fail("relay:mechanisms", "only applies with relay:username and relay:password")
+    # An address has no MX records: Postfix connects to it directly with or
+    # without brackets, and brackets are the only way to write an IPv6 one.
+    relayhost = f"{rhost}:{rport}" if mx and not is_address else f"[{rhost}]:{rport}"
+    return {"relayhost": relayhost, "port": rport, "username": username,
+            "password": password, "oauth2": oauth2, "sasl": sasl, "tls": level,
+            "digest": digest, "fingerprints": fprs, "ca_file": ca_file, "mechs": mechs}
 
-    extra = extra_params(pillar.get("main_cf"))
-    log_file = absolute_path("log_file", pillar.get("log_file"))
-    if log_file is None and not host.get("has_syslog", True):
-        # No syslog socket: without maillog_file Postfix would log nowhere.
-        log_file = "/var/log/postfix.log"
 
-    relayhost = f"{rhost}:{rport}" if mx else f"[{rhost}]:{rport}"
-    config_dir = host.get("config_dir", "/etc/postfix")
-    map_type = table_type(pillar.get("password_map"), host)
-    tables = table_paths(config_dir)
+def _tls_params(rel, extra):
+    """main.cf's TLS parameters for the relay."""
+    params = {"smtp_tls_security_level": rel["tls"], "smtp_tls_loglevel": "1"}
+    if rel["port"] == 465:
+        params["smtp_tls_wrappermode"] = "yes"
+    if rel["ca_file"]:
+        params["smtp_tls_CAfile"] = rel["ca_file"]
+    if rel["fingerprints"]:
+        params["smtp_tls_fingerprint_digest"] = rel["digest"]
+        params["smtp_tls_fingerprint_cert_match"] = ", ".join(rel["fingerprints"])
+    if rel["tls"] in ("dane", "dane-only"):
+        # without DNSSEC lookups dane-only defers every message, dane is may
+        if extra.get("smtp_dns_support_level", "dnssec") != "dnssec":
+            _fail("main_cf:smtp_dns_support_level", f"must be dnssec (or left out) with "
+                  f"relay:tls {rel['tls']}: DANE needs DNSSEC-validated lookups")
+        params["smtp_dns_support_level"] = "dnssec"
+    level = extra.get("smtp_tls_security_level", rel["tls"])
+    if rel["sasl"] and level not in SASL_TLS:
+        _fail("main_cf:smtp_tls_security_level", f"{level!r} would let the password go "
+              f"out in clear: use one of {', '.join(SASL_TLS)}")
+    return params
+
+
+def _sasl_params(rel, table, map_type, literal):
+    """main.cf's SASL parameters (none without credentials)."""
+    if not rel["sasl"]:
+        return {}
     params = {
+        "smtp_sasl_auth_enable": "yes",
+        "smtp_sasl_password_maps":
+            f"{map_type if literal else '${default_database_type}'}:{table}",
+        # PLAIN/LOGIN only inside TLS; never anonymous.
+        "smtp_sasl_security_options": "noanonymous, noplaintext",
+        "smtp_sasl_tls_security_options": "noanonymous",
+    }
+    if rel["mechs"]:
+        params["smtp_sasl_mechanism_filter"] = ", ".join(rel["mechs"])
+    return params
+
+
+def _identity(pillar, grains):
+    """Domain, host name, sender, recipient and the other addressing values."""
+    domain = dns_name("domain", pillar.get("domain"), required=True)
+    hostname = dns_name("hostname", pillar.get("hostname"))
+    if hostname is None:
+        fqdn = (grains.get("fqdn") or "").lower()
+        short = (grains.get("host") or fqdn.split(".")[0] or "localhost").lower()
+        hostname = fqdn if "." in fqdn else f"{short}.{domain}"
+        hostname = dns_name("hostname (from the minion's fqdn grain)", hostname)
+    return {
+        "domain": domain, "hostname": hostname,
+        "sender": local_part("sender", pillar.get("sender")) or hostname.split(".")[0],
+        "recipient": address("recipient", pillar.get("recipient"), required=True),
+        "recipient_mode": choice("recipient_mode", pillar.get("recipient_mode"),
+                                 RECIPIENT_MODES, "all"),
+        "reply_to": address("reply_to", pillar.get("reply_to")),
+        "listen": choice("listen", pillar.get("listen"), LISTEN_MODES, "loopback"),
+    }
+
+
+def _check_keys(pillar):
+    """Refuse a missing pillar and unknown keys; return the relay mapping."""
+    if not isinstance(pillar, dict) or not pillar:
+        _fail("", "is missing: set at least domain, recipient and relay:host "
+                  "(see pillar.example)")
+    unknown = sorted(set(pillar) - KNOWN_KEYS)
+    if unknown:
+        _fail(unknown[0], f"is not a known key (known: {', '.join(sorted(KNOWN_KEYS))})")
+    relay = pillar.get("relay")
+    if not isinstance(relay, dict):
+        _fail("relay", "is required: a mapping with at least host")
+    unknown = sorted(set(relay) - KNOWN_RELAY_KEYS)
+    if unknown:
+        _fail(f"relay:{unknown[0]}", "is not a known key "
+              f"(known: {', '.join(sorted(KNOWN_RELAY_KEYS))})")
+    return relay
+
+
+def _base_params(ident, relayhost, tables):
+    """The null client's main.cf parameters, before TLS, SASL and extras."""
+    domain, hostname = ident["domain"], ident["hostname"]
+    return {
         "myhostname": hostname,
         "mydomain": domain,
-        "myorigin": domain if recipient_mode == "all" else hostname,
+        "myorigin": domain if ident["recipient_mode"] == "all" else hostname,
         "mydestination": "",
         "relay_domains": "",
         "local_transport": "error:5.1.1 local delivery is disabled on this null client",
@@ -400,53 +602,61 @@ def normalise(pillar, grains, host):
         "masquerade_domains": domain,
         "relayhost": relayhost,
         "always_add_missing_headers": "yes",
-        "sender_canonical_maps": f"static:{sender}@{domain}",
-        "recipient_canonical_maps": (f"static:{recipient}" if recipient_mode == "all"
+        "sender_canonical_maps": f"static:{ident['sender']}@{domain}",
+        "recipient_canonical_maps": (f"static:{ident['recipient']}"
+                                     if ident["recipient_mode"] == "all"
                                      else f"regexp:{tables['recipients']}"),
-        "smtp_tls_security_level": tls,
-        "smtp_tls_loglevel": "1",
     }
-    if rport == 465:
-        params["smtp_tls_wrappermode"] = "yes"
-    if ca_file:
-        params["smtp_tls_CAfile"] = ca_file
-    if sasl:
-        params.update({
-            "smtp_sasl_auth_enable": "yes",
-            "smtp_sasl_password_maps":
-                f"{map_type or '${default_database_type}'}:{tables['password']}",
-            # PLAIN/LOGIN only inside TLS; never anonymous.
-            "smtp_sasl_security_options": "noanonymous, noplaintext",
-            "smtp_sasl_tls_security_options": "noanonymous",
-        })
-        if mechs:
-            params["smtp_sasl_mechanism_filter"] = ", ".join(mechs)
-    if reply_to:
+
+
+def normalise(pillar, grains, host):
+    """Validate the pillar and derive every value the formula writes.
+
+    ``pillar`` is the ``postfix_relay`` pillar dict, ``grains`` needs ``fqdn``
+    and ``host``; ``host`` holds what is known of this host: ``map_types``
+    and ``default_database_type`` (empty while Postfix is not installed),
+    ``ca_bundle``, ``config_dir``, ``has_syslog``, and ``expand`` (a function
+    that asks Postfix for a parameter's value in a candidate main.cf).
+    """
+    relay = _check_keys(pillar)
+    ident = _identity(pillar, grains)
+    extra = extra_params(pillar.get("main_cf"))
+    rel = _relay(relay, host, extra)
+    log_file = absolute_path("log_file", pillar.get("log_file"))
+    if log_file is None and not host.get("has_syslog", True):
+        # No syslog socket: without maillog_file Postfix would log nowhere.
+        log_file = "/var/log/postfix.log"
+    tables = table_paths(host.get("config_dir", "/etc/postfix"))
+    params = _base_params(ident, rel["relayhost"], tables)
+    params.update(_tls_params(rel, extra))
+    if ident["reply_to"]:
         params["smtp_header_checks"] = f"regexp:{tables['reply_to']}"
     if log_file:
         params["maillog_file"] = log_file
-    if sasl and extra.get("smtp_tls_security_level", tls) not in STRONG_TLS:
-        _fail("main_cf:smtp_tls_security_level",
-              "would let the password go out in clear: use encrypt, verify or secure")
     params.update(extra)
+    map_type, literal = table_type(pillar.get("password_map"), params, extra, host)
+    params.update({k: v for k, v in _sasl_params(rel, tables["password"], map_type,
+                                                 literal).items() if k not in extra})
+    return _result(ident, rel, tables, params, map_type, host, extra, log_file)
 
+
+def _result(ident, rel, tables, params, map_type, host, extra, log_file):  # noqa: PLR0913
+    """The settings the SLS files print."""
+    oauth2, password = rel["oauth2"], rel["password"]
     return {
-        "hostname": hostname,
-        "domain": domain,
-        "sender": f"{sender}@{domain}",
-        "recipient": recipient,
-        "recipient_mode": recipient_mode,
-        "reply_to": reply_to,
-        "listen": listen,
-        "relayhost": relayhost,
-        "sasl": sasl,
+        **ident,
+        "sender": f"{ident['sender']}@{ident['domain']}",
+        "relayhost": rel["relayhost"],
+        "sasl": rel["sasl"],
+        "tls": rel["tls"],
         "tables": tables,
         "sasl_dir": os.path.dirname(tables["password"]),
         "map_type": map_type,
-        "password_entries": {relayhost: f"{username}:{password}"} if sasl else {},
-        "reply_to_rules": reply_to_rules(reply_to) if reply_to else "",
-        "recipient_rules": recipient_rules(hostname, recipient)
-        if recipient_mode == "local" else "",
+        "password_entries": {rel["relayhost"]: f"{rel['username']}:{password}"}
+        if rel["sasl"] else {},
+        "reply_to_rules": reply_to_rules(ident["reply_to"]) if ident["reply_to"] else "",
+        "recipient_rules": recipient_rules(ident["hostname"], ident["recipient"])
+        if ident["recipient_mode"] == "local" else "",
         "main_cf": params,
         "oauth2": oauth2,
         # the token file as Postfix's smtp process sees it (the table's "password")
@@ -515,21 +725,51 @@ def _host_facts(lookup):
     """What the settings need to know of this host; Postfix may be absent yet."""
     config_dir = lookup.get("config_dir", "/etc/postfix")
     try:
-        map_types = __salt__["postfix_control.facts"](config_dir)["map_types"]
+        facts = __salt__["postfix_control.facts"](config_dir)
     except Exception:  # pylint: disable=broad-except
-        map_types = []  # not installed yet: package.sls installs it first
+        facts = {}  # not installed yet: package.sls installs it first
     try:
         chroot = __salt__["postfix_control.smtp_chroot_dir"](
             config_dir, lookup.get("smtp_chroot_dir", ""))
     except Exception:  # pylint: disable=broad-except
         chroot = lookup.get("smtp_chroot_dir", "")
     return {
-        "map_types": map_types,
+        "map_types": facts.get("map_types") or [],
+        "default_database_type": facts.get("default_database_type"),
         "smtp_chroot_dir": chroot,
         "config_dir": config_dir,
         "ca_bundle": lookup.get("ca_bundle"),
         "has_syslog": os.path.exists("/dev/log"),
+        "expand": (lambda params, name: expand_param(params, name, config_dir))
+        if facts else None,
     }
+
+
+def expand_param(params, name, config_dir="/etc/postfix"):
+    """
+    The value Postfix gives parameter ``name`` in the main.cf that ``params``
+    make (``postconf -x``), read from a candidate in a private directory.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay_settings.expand_param \
+            '{"default_database_type": "$default_cache_db_type"}' default_database_type
+    """
+    text = __salt__["postfix_control.render_main_cf"](
+        __salt__["postfix_control.complete_params"](params, config_dir))
+    tmp = tempfile.mkdtemp(prefix="postfix_relay.expand.")
+    try:
+        __utils__["postfix_files.write_atomic"](os.path.join(tmp, "main.cf"), text)
+        res = __salt__["cmd.run_all"](["postconf", "-c", tmp, "-x", "-h", name],
+                                      python_shell=False, ignore_retcode=True,
+                                      output_loglevel="quiet")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if res["retcode"]:
+        _fail(f"main_cf:{name}", f"postconf cannot resolve it: {res['stderr'].strip()}")
+    return res["stdout"].strip()
 
 
 def _merge(base, over):
@@ -543,17 +783,28 @@ def _merge(base, over):
     return merged
 
 
-def lookup(saltenv="base"):
+def _saltenv(saltenv=None):
+    """The Salt environment to read from: the one given, else the state's
+    (``__env__``, inside a state run), else the run's (``saltenv`` option),
+    else base."""
+    return (saltenv or globals().get("__env__") or (__opts__ or {}).get("saltenv")
+            or "base")
+
+
+def lookup(saltenv=None):
     """
     The formula's per-OS values: defaults.yaml < osfamilymap.yaml (by the
-    os_family grain) < pillar ``postfix_relay:lookup``.
+    os_family grain) < pillar ``postfix_relay:lookup``, read from ``saltenv``
+    (default: the run's environment), cached per environment.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-call postfix_relay_settings.lookup
+        salt-call postfix_relay_settings.lookup saltenv=dev
     """
+    saltenv = _saltenv(saltenv)
     key = f"postfix_relay_settings.lookup:{saltenv}"
     if key not in __context__:
         import salt.utils.yaml  # pylint: disable=import-outside-toplevel
@@ -621,23 +872,24 @@ def get(pillar=None, lookup=None, show_secrets=False, check=False):
     return result if show_secrets else redact(result)
 
 
-def password_entries(saltenv="base"):
+def password_entries(saltenv=None):
     """
     The password table's entries (``{relayhost: "user:password"}``, empty
     without SASL), for ``postmap.managed entries_from``: read from the pillar
     when the state runs, so the password is never part of the rendered state
     data that Salt caches on disk. The value holds the password: this is for
-    states, not for the command line.
+    states, not for the command line. ``saltenv``: as for :py:func:`lookup`.
     """
     return get(lookup=lookup(saltenv), show_secrets=True)["password_entries"]
 
 
-def oauth2_token_file(saltenv="base"):
+def oauth2_token_file(saltenv=None):
     """
     What the XOAUTH2 token file starts with (refresh token, client, endpoint,
     the CA bundle as the plugin sees it), for ``postfix_xoauth2.token_file``:
     read when the state runs, so the secrets stay out of the rendered state
-    data. Holds secrets: for states, not for the command line.
+    data. Holds secrets: for states, not for the command line. ``saltenv``:
+    as for :py:func:`lookup`.
     """
     oauth2 = get(lookup=lookup(saltenv), show_secrets=True)["oauth2"] or {}
     data = {"refresh_token": oauth2.get("refresh_token"), "client_id": oauth2.get("client_id"),
