@@ -146,7 +146,7 @@ def test_rendered_sls_keeps_every_requisite(loaders, private_conf, pillar_name, 
     assert errors == []
     assert texts and chunks
     args = state_args(texts)  # raises on a duplicate mapping key
-    for (sls_name, state_id, module), (keys, _) in args.items():
+    for (sls_name, state_id, _), (keys, _) in args.items():
         twice = sorted({key for key in keys if keys.count(key) > 1})
         assert not twice, f"{sls_name}: {state_id} gives {twice} more than once"
     for chunk in chunks:
