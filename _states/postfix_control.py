@@ -216,13 +216,20 @@ def _watched_changes():
     return changes
 
 
+def _watched_action():
+    """restart when the listener or inet_interfaces/inet_protocols changed
+    (a reload keeps the old sockets), else reload."""
+    changes = _watched_changes()
+    if "smtpd_listener" in changes or __salt__["postfix_control.needs_restart"](changes):
+        return "restart"
+    return "reload"
+
+
 def mod_watch(name, sfun=None, config_dir="/etc/postfix", prestart=None, **kwargs):
     """Reload (or restart for listener changes) after a watched state changed."""
     ret = _ret(name)
-    changes = _watched_changes()
-    restart = "smtpd_listener" in changes or \
-        __salt__["postfix_control.needs_restart"](changes)
-    action = "restart" if restart else "reload"
+    action = _watched_action()
+    restart = action == "restart"
     if __opts__["test"]:
         ret["result"] = None
         ret["comment"] = f"Postfix would {action}"

@@ -18,6 +18,7 @@ import pytest
 import salt.state
 import yaml
 
+from helpers import load_module
 from test_dry_run import MASTER_CF
 
 REQUISITES = ("require", "watch", "onchanges", "onfail", "prereq", "use", "listen")
@@ -71,14 +72,15 @@ def full_pillar(name, private_conf):
     # queue and data directories of our own, whatever the check does with them
     pillar["main_cf"] = {"queue_directory": private_conf["queue"],
                          "data_directory": private_conf["data"]}
-    pillar["lookup"] = {"config_dir": private_conf["conf"], "mailname_file": "",
+    pillar["lookup"] = {"config_dir": private_conf["conf"],
                         # installed here: the oauth2 package check passes
                         "xoauth2_package": "postfix"}
     return {"postfix_relay": pillar}
 
 
-def render(opts, pillar, sls):
-    """(SLS texts as YAML saw them, high data, low chunks, errors)."""
+def render(opts, pillar, sls, keep=None):
+    """(SLS texts as YAML saw them, high data, low chunks, errors); the State
+    object, its requisites resolved, in ``keep["state"]`` when asked."""
     opts = copy.deepcopy(opts)
     opts["test"] = True
     texts = {}
@@ -101,7 +103,11 @@ def render(opts, pillar, sls):
             highstate.pop_active()
         errors += highstate.state.verify_high(high)
         chunks, compile_errors = highstate.state.compile_high_data(high)
-    return texts, high, chunks, errors + compile_errors
+        # Salt's own requisite resolution: a missing target or a cycle is an error
+        chunks_ordered, order_errors = highstate.state.order_chunks(chunks)
+        if keep is not None:
+            keep.update(state=highstate.state, chunks=chunks_ordered)
+    return texts, high, chunks, errors + compile_errors + order_errors
 
 
 def state_args(texts):
@@ -165,3 +171,55 @@ def test_oauth2_pillar_renders_the_xoauth2_states(loaders, private_conf):
                                 "postfix_relay")
     assert errors == []
     assert "postfix-relay-config-xoauth2-token" in high
+
+
+def watched_by_service(loaders, private_conf, pillar_name):
+    """What postfix-relay-service-running watches, resolved by Salt's own
+    dependency graph, as mod_watch receives it (``__reqs__``)."""
+    keep = {}
+    _, _, _, errors = render(loaders.opts, full_pillar(pillar_name, private_conf),
+                             "postfix_relay", keep)
+    assert errors == []
+    service, = (c for c in keep["chunks"] if c["__id__"] == "postfix-relay-service-running")
+    reqs = {}
+    for kind, chunk in keep["state"].dependency_dag.get_dependencies(service):
+        reqs.setdefault(kind, []).append(chunk)
+    return reqs, keep["chunks"]
+
+
+def test_service_watches_every_config_state(loaders, private_conf):
+    """A new config state needs no edit of service.sls to reload Postfix."""
+    for pillar_name in ("oauth2", "password"):
+        reqs, chunks = watched_by_service(loaders, private_conf, pillar_name)
+        watched = {c["__id__"] for kind, cs in reqs.items()
+                   if getattr(kind, "value", kind) == "watch" for c in cs}
+        config = {c["__id__"] for c in chunks if c["__sls__"] == "postfix_relay.config"}
+        assert config - watched == set(), f"{pillar_name}: not watched by the service"
+
+
+@pytest.mark.parametrize(("state_id", "changes", "action"), [
+    ("postfix-relay-config-smtpd-listener", {"smtpd_listener": {"old": True, "new": False}},
+     "restart"),
+    ("postfix-relay-config-main-cf", {"inet_interfaces": {"old": "all", "new": "loopback-only"}},
+     "restart"),
+    ("postfix-relay-config-main-cf", {"relayhost": {"old": None, "new": "[a.example]:587"}},
+     "reload"),
+    ("postfix-relay-config-password-table", {"compiled": "rebuilt"}, "reload"),
+    ("postfix-relay-config-xoauth2-token", {"token_file": "written"}, "reload"),
+    ("postfix-relay-config-mailname", {"diff": "New file"}, "reload"),
+])
+def test_service_restarts_or_reloads_for_what_changed(loaders, private_conf, state_id,
+                                                      changes, action):
+    """mod_watch's decision, fed with the requisites Salt resolves for
+    service.sls and one changed state."""
+    reqs, chunks = watched_by_service(loaders, private_conf, "oauth2")
+    chunk, = (c for c in chunks if c["__id__"] == state_id)
+    assert any(c is chunk or c == chunk for cs in reqs.values() for c in cs), \
+        f"{state_id} is not watched by the service"
+    tag = f"{chunk['state']}_|-{chunk['__id__']}_|-{chunk['name']}_|-{chunk['fun']}"
+    states = load_module("_states/postfix_control.py")
+    states.__low__ = {"__reqs__": reqs}
+    states.__running__ = {tag: {"changes": changes, "result": True}}
+    states.__salt__ = {"postfix_control.needs_restart":
+                       loaders.modules.postfix_control.needs_restart}
+    assert states._watched_action() == action  # pylint: disable=protected-access
