@@ -29,6 +29,7 @@ import re
 import stat
 import tempfile
 
+import salt.utils.files
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 __virtualname__ = "postmap"
@@ -60,11 +61,6 @@ def __virtual__():
 
 # -- helpers -------------------------------------------------------------------
 
-def _run(argv):
-    return __salt__["cmd.run_all"](argv, python_shell=False, ignore_retcode=True,
-                                   output_loglevel="quiet")
-
-
 def redact(text, values):
     """
     text with every one of values masked (for errors of secret tables).
@@ -85,12 +81,99 @@ def redact(text, values):
     return text
 
 
-def _mode(mode):
-    return int(str(mode), 8) if not isinstance(mode, int) else mode
+def _run(argv):
+    """Run a Postfix command; a missing binary is one clear error."""
+    try:
+        res = __salt__["cmd.run_all"](argv, python_shell=False, ignore_retcode=True,
+                                      output_loglevel="quiet", rstrip=False)
+    except CommandExecutionError as exc:
+        raise CommandExecutionError(
+            f"{argv[0]} is not installed or cannot run: install Postfix "
+            "(the postfix package) first") from exc
+    if res["retcode"] == 127 or ("not found" in res["stderr"] and not res["stdout"]
+                                 and res["pid"] is None):
+        raise CommandExecutionError(
+            f"{argv[0]} is not installed: install Postfix (the postfix package) first")
+    return res
 
 
-def _ids(user, group):
-    return pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
+def normalize_mode(mode, default=0o600):
+    """
+    A file mode as an int, read as Salt's file states read it: ``0600``,
+    ``'0600'``, ``600`` (what YAML makes of an unquoted 0600) and ``'0o600'``
+    all mean 0600; an int with a digit 8 or 9 is taken as the mode's value
+    (``0o600`` from Python is 384). None gives ``default``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postmap.normalize_mode 0644
+    """
+    if mode is None:
+        return default
+    if isinstance(mode, bool) or not isinstance(mode, (int, str)):
+        raise SaltInvocationError(f"mode {mode!r} is not a file mode: write it quoted, "
+                                  "e.g. mode: '0600'")
+    if isinstance(mode, int) and re.search(r"[89]", str(mode)):
+        value = mode
+    else:
+        text = salt.utils.files.normalize_mode(mode)
+        if not re.fullmatch(r"[0-7]{1,5}", text or ""):
+            raise SaltInvocationError(f"mode {mode!r} is not an octal file mode: write it "
+                                      "quoted, e.g. mode: '0600'")
+        value = int(text, 8)
+    if not 0 <= value <= 0o7777:
+        raise SaltInvocationError(f"mode {mode!r} is out of range: write it quoted, "
+                                  "e.g. mode: '0600'")
+    return value
+
+
+def _id(value, kind):
+    """A uid or gid from a name or a number (as file.managed takes them)."""
+    if isinstance(value, bool):
+        raise SaltInvocationError(f"{kind} {value!r} is not a {kind} name or id")
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return int(value)
+    try:
+        if kind == "user":
+            return pwd.getpwnam(str(value)).pw_uid
+        return grp.getgrnam(str(value)).gr_gid
+    except KeyError:
+        raise SaltInvocationError(
+            f"{kind} {value!r} does not exist on this host: create it or give another "
+            f"{kind}") from None
+
+
+def _wanted(path, mode, user, group):
+    """(mode, uid, gid) declared; None keeps the existing source's, else 0600
+    root:root (a table may hold a password: private unless declared)."""
+    try:
+        st = os.stat(path)
+        current = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    except FileNotFoundError:
+        current = (0o600, 0, 0)
+    return (normalize_mode(mode, current[0]),
+            current[1] if user is None else _id(user, "user"),
+            current[2] if group is None else _id(group, "group"))
+
+
+def _source_path(path):
+    """Where the source is written: a symlinked name is followed, as
+    file.managed does (Postfix reads the compiled files beside the name)."""
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise SaltInvocationError(f"name {path!r} is not an absolute path: give the "
+                                  "table's full path, e.g. /etc/postfix/virtual")
+    if os.path.isdir(path):
+        raise SaltInvocationError(f"{path} is a directory: name must be a table file")
+    return os.path.realpath(path)
+
+
+def _with_newline(text):
+    """Text as a file holds it: a final newline (the shell's $(cat) drops it)."""
+    if not isinstance(text, str):
+        raise SaltInvocationError("the table text must be a string")
+    return text if not text or text.endswith("\n") else text + "\n"
 
 
 def _stamp_file(path):
@@ -106,12 +189,78 @@ def _stat_key(path):
 
 # -- pure functions ------------------------------------------------------------
 
+# isspace() in the C locale: what Postfix's ISSPACE() matches (ASCII only).
+SPACE = " \t\n\v\f\r"
+
+
+def _logical_lines(text):
+    """
+    Logical lines as Postfix's readllines() yields them: physical lines end at
+    "\n" only; blank lines and lines whose first non-space is '#' are skipped
+    anywhere; a line starting with whitespace is appended as is (its leading
+    whitespace kept) to the logical line before; a logical line that starts
+    with whitespace is dropped (postmap warns).
+    """
+    current = None
+    for line in text.split("\n"):
+        body = line.lstrip(SPACE)
+        if not body or body.startswith("#"):
+            continue
+        if line[0] in SPACE and current is not None:
+            current += line
+            continue
+        if current is not None and current[0] not in SPACE:
+            yield current
+        current = line
+    if current is not None and current[0] not in SPACE:
+        yield current
+
+
+def split_line(line):
+    """
+    (key, value) of one logical line as postmap splits it: the key ends at the
+    first whitespace outside double quotes (a backslash escapes the next
+    character), the value is trimmed; None when postmap skips the line
+    (unbalanced quote, no key or no value). Text after a NUL is ignored.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postmap.split_line 'root me@example.org'
+    """
+    line = line.split("\0", 1)[0]
+    in_quotes, pos = False, 0
+    while pos < len(line):
+        char = line[pos]
+        if char == "\\":
+            pos += 1
+            if pos >= len(line):
+                break
+        elif char in SPACE:
+            if not in_quotes:
+                break
+        elif char == '"':
+            in_quotes = not in_quotes
+        pos += 1
+    if in_quotes:
+        return None
+    key, value = line[:pos], line[pos + 1:].strip(SPACE)
+    return (key, value) if key and value else None
+
+
+def fold(key):
+    """A key as postmap stores it (Unicode case folding, as with smtputf8)."""
+    return key.casefold()
+
+
 def parse(text):
     """
-    Parse Postfix table text into a list of (key, value) as postmap reads it.
-
-    Comments (# first) and blank lines are skipped, lines starting with
-    whitespace continue the previous entry.
+    Parse Postfix table text into a list of (key, value) exactly as postmap
+    reads it: lines end at "\\n" only, comments and blank lines are skipped,
+    continuation lines keep their whitespace, lines without a key or value and
+    with unbalanced quotes are skipped, and of duplicate keys (after case
+    folding) the first one counts.
 
     CLI Example:
 
@@ -119,27 +268,36 @@ def parse(text):
 
         salt-call postmap.parse 'root me@example.org'
     """
-    entries = []
-    for line in (text or "").splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
+    entries, seen = [], set()
+    for line in _logical_lines(text or ""):
+        pair = split_line(line)
+        if pair is None or fold(pair[0]) in seen:
             continue
-        if line[0].isspace() and entries:
-            key, value = entries[-1]
-            entries[-1] = (key, f"{value} {stripped}".strip())
-            continue
-        key, _, value = stripped.partition(" ") if " " in stripped.split("\t")[0] \
-            else stripped.partition("\t")
-        entries.append((key, value.strip()))
+        seen.add(fold(pair[0]))
+        entries.append(pair)
     return entries
+
+
+def _check_entry(key, value):
+    """Refuse an entry postmap would skip or read otherwise."""
+    if not value.strip(SPACE):
+        raise SaltInvocationError(
+            f"entries: the value of {key!r} is empty: Postfix skips a key without a "
+            "value; give a value or remove the key")
+    if split_line(f"{key} {value}") != (key, value.strip(SPACE)):
+        raise SaltInvocationError(
+            f"entries: key {key!r} has an unbalanced '\"' or a trailing backslash, "
+            "which postmap would misread: fix the key")
 
 
 def render(entries):
     """
     Validate an entries mapping and render it as table text (one ``key value``
     line each). Duplicate keys (also differing only in case, as postmap folds
-    keys), empty keys, keys with whitespace and any control character are
-    refused, since they would change or inject table lines.
+    keys), empty keys and values, keys with whitespace or unbalanced quotes and
+    any control character are refused, since postmap would skip them or they
+    would change or inject table lines. Values are trimmed of leading and
+    trailing spaces, as postmap trims them.
 
     CLI Example:
 
@@ -149,6 +307,8 @@ def render(entries):
     """
     if not isinstance(entries, dict):
         raise SaltInvocationError("entries must be a mapping of key to value")
+    if not entries:
+        return ""  # an empty table is legal: Postfix finds no key in it
     keys = [str(k) for k in entries]
     values = ["" if v is None else str(v) for v in entries.values()]
     if any(not k for k in keys):
@@ -166,7 +326,9 @@ def render(entries):
         key = next(k for k, v in zip(keys, values) if re.search(r"[\x00-\x1f\x7f]", v))
         raise SaltInvocationError(
             f"entries: the value of {key!r} contains a newline or control character")
-    folded = [k.lower() for k in keys]
+    for key, value in zip(keys, values):
+        _check_entry(key, value)
+    folded = [fold(k) for k in keys]
     if len(set(folded)) != len(folded):
         seen, dups = set(), []
         for k in folded:
@@ -175,13 +337,13 @@ def render(entries):
             seen.add(k)
         raise SaltInvocationError(
             f"entries: duplicate keys (postmap folds case): {', '.join(sorted(set(dups)))}")
-    return "".join(f"{k} {v.strip()}\n" for k, v in zip(keys, values))
+    return "".join(f"{k} {v.strip(SPACE)}\n" for k, v in zip(keys, values))
 
 
 def entry_changes(old_entries, new_entries, secret=False):
     """Keys added, removed and changed; values only when not secret."""
-    old = {k.lower(): v for k, v in old_entries}
-    new = {k.lower(): v for k, v in new_entries}
+    old = {fold(k): v for k, v in old_entries}
+    new = {fold(k): v for k, v in new_entries}
     added = sorted(set(new) - set(old))
     removed = sorted(set(old) - set(new))
     changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
@@ -196,6 +358,15 @@ def entry_changes(old_entries, new_entries, secret=False):
 
 # -- host facts ------------------------------------------------------------------
 
+def _postconf(args, config_dir):
+    with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
+        res = _run(["postconf", "-c", conf, *args])
+    if res["retcode"]:
+        raise CommandExecutionError(f"postconf -c {config_dir} {' '.join(args)} failed: "
+                                    f"{res['stderr'].strip()}")
+    return res["stdout"]
+
+
 def map_types(config_dir="/etc/postfix"):
     """
     The table types this host's Postfix supports (``postconf -m``).
@@ -206,12 +377,14 @@ def map_types(config_dir="/etc/postfix"):
 
         salt-call postmap.map_types
     """
-    return __salt__["postfix_control.facts"](config_dir)["map_types"]
+    return _postconf(["-m"], config_dir).split()
 
 
 def default_type(config_dir="/etc/postfix"):
     """
-    Postfix's ``default_database_type`` (hash, lmdb or cdb by distribution).
+    The ``default_database_type`` the configuration in config_dir yields
+    (main.cf's value, else Postfix's built-in default: hash, lmdb or cdb by
+    distribution).
 
     CLI Example:
 
@@ -219,7 +392,7 @@ def default_type(config_dir="/etc/postfix"):
 
         salt-call postmap.default_type
     """
-    return __salt__["postfix_control.facts"](config_dir)["default_database_type"]
+    return _postconf(["-h", "default_database_type"], config_dir).strip()
 
 
 def check_type(map_type, config_dir="/etc/postfix"):
@@ -246,6 +419,22 @@ def compiled_files(path, map_type):
     return [path + suffix for suffix in INDEXED.get(map_type, ())]
 
 
+def stale_files(path, map_type):
+    """
+    Compiled files of other indexed types beside a table (left by an earlier
+    type, they may hold old entries, passwords included).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postmap.stale_files /etc/postfix/sasl/passwd lmdb
+    """
+    own = set(INDEXED.get(map_type, ()))
+    others = sorted({s for group in INDEXED.values() for s in group} - own)
+    return [path + s for s in others if os.path.lexists(path + s)]
+
+
 def outdated_files(path, map_type):
     """
     The compiled files of a table that are missing, or older than an existing
@@ -264,6 +453,24 @@ def outdated_files(path, map_type):
 
 # -- execution functions -------------------------------------------------------
 
+def read(path):
+    """
+    A table source's text exactly as postmap reads it (no newline
+    translation), or None when it does not exist.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postmap.read /etc/postfix/virtual
+    """
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+
+
 def dump(path, map_type=None, config_dir="/etc/postfix"):
     """
     The entries of a compiled table, as a dict (``postmap -s``).
@@ -280,7 +487,8 @@ def dump(path, map_type=None, config_dir="/etc/postfix"):
     if res["retcode"]:
         raise CommandExecutionError(f"postmap -s {map_type}:{path} failed")
     out = {}
-    for line in res["stdout"].splitlines():
+    # One entry a line, "\n" only: a value may hold \r or U+2028.
+    for line in res["stdout"].split("\n")[:-1]:
         key, _, value = line.partition("\t")
         out[key] = value
     return out
@@ -304,15 +512,17 @@ def query(path, key, map_type=None, config_dir="/etc/postfix"):
     if res["retcode"]:
         raise CommandExecutionError(f"postmap -q on {map_type}:{path} failed: "
                                     f"{res['stderr'].strip()}")
-    return res["stdout"]
+    return res["stdout"][:-1] if res["stdout"].endswith("\n") else res["stdout"]
 
 
 def in_sync(path, text, map_type=None, mode="0600", user="root", group="root",
             config_dir="/etc/postfix"):
     """
     Whether a table matches the declared text; returns ``{"in_sync": bool,
-    "source": [reasons], "compiled": [reasons]}``. Source reasons need the
-    source rewritten; compiled reasons need a rebuild.
+    "source": [reasons], "compiled": [reasons], "stale": [files]}``. Source
+    reasons need the source rewritten; compiled reasons need a rebuild; stale
+    files are compiled files of another type to remove. Text without a final
+    newline counts as if it had one; mode, user and group as in ``build``.
 
     CLI Example:
 
@@ -321,11 +531,13 @@ def in_sync(path, text, map_type=None, mode="0600", user="root", group="root",
         salt-call postmap.in_sync /etc/postfix/sasl/passwd "$(cat /etc/postfix/sasl/passwd)"
     """
     map_type = map_type or default_type(config_dir)
+    source_path = _source_path(path)
+    data = _with_newline(text).encode()
+    wanted = _wanted(source_path, mode, user, group)
     source, compiled = [], []
-    data = text.encode()
     try:
-        st = os.stat(path)
-        with open(path, "rb") as handle:
+        st = os.stat(source_path)
+        with open(source_path, "rb") as handle:
             current = handle.read()
     except FileNotFoundError:
         st, current = None, None
@@ -334,48 +546,52 @@ def in_sync(path, text, map_type=None, mode="0600", user="root", group="root",
     else:
         if current != data:
             source.append("source content differs")
-        uid, gid = _ids(user, group)
-        if stat.S_IMODE(st.st_mode) != _mode(mode) or (st.st_uid, st.st_gid) != (uid, gid):
+        if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != wanted:
             source.append("source mode or owner differs")
     files = compiled_files(path, map_type)
     if files and not source:
-        compiled = _compiled_reasons(path, files, map_type, data, st, mode, user, group,
-                                     config_dir)
+        compiled = _compiled_reasons(path, map_type, data, st, wanted, config_dir)
     elif files:
         compiled = ["source changed"]
-    return {"in_sync": not source and not compiled, "source": source, "compiled": compiled}
+    stale = stale_files(path, map_type)
+    return {"in_sync": not (source or compiled or stale), "source": source,
+            "compiled": compiled, "stale": stale}
 
 
-def _compiled_reasons(path, files, map_type, data, source_st, mode, user, group,
-                      config_dir):
-    missing = [f for f in files if not os.path.exists(f)]
-    if missing:
+def _compiled_reasons(path, map_type, data, source_st, wanted, config_dir):
+    files = compiled_files(path, map_type)
+    if any(not os.path.exists(f) for f in files):
         return ["compiled table missing"]
-    uid, gid = _ids(user, group)
     stats = [os.stat(f) for f in files]
     if any(s.st_size == 0 for s in stats):
         return ["compiled table empty (corrupt)"]
     if any(s.st_mtime_ns < source_st.st_mtime_ns for s in stats):
         return ["compiled table older than the source"]
-    if any(stat.S_IMODE(s.st_mode) != _mode(mode) or (s.st_uid, s.st_gid) != (uid, gid)
-           for s in stats):
+    if any((stat.S_IMODE(s.st_mode), s.st_uid, s.st_gid) != wanted for s in stats):
         return ["compiled table mode or owner differs"]
     stamp = _read_stamp(path)
     digest = hashlib.sha256(data).hexdigest()
-    if stamp == {"digest": digest, "compiled": [_stat_key(f) for f in files]}:
+    if stamp == _stamp(digest, map_type, files):
         return []
+    if stamp and stamp.get("type") not in (None, map_type):
+        return [f"compiled table built as {stamp['type']}, declared {map_type}"]
     # No stamp of ours for these files: compare entry by entry.
     if map_type not in DUMPABLE:
         return ["compiled table not built by this state (cannot be listed: rebuilt)"]
     try:
         entries = dump(path, map_type, config_dir)
     except CommandExecutionError:
-        return ["compiled table unreadable (corrupt)"]
-    expected = {k.lower(): v for k, v in parse(data.decode())}
+        return [f"compiled table unreadable (corrupt) as {map_type}"]
+    expected = {fold(k): v for k, v in parse(data.decode())}
     if entries != expected:
         return ["compiled table holds other entries than the source"]
-    _write_stamp(path, digest, files)
+    _write_stamp(path, digest, map_type, files)
     return []
+
+
+def _stamp(digest, map_type, files):
+    """What a build leaves: the text's digest, the type, the compiled files' stat."""
+    return {"digest": digest, "type": map_type, "compiled": [_stat_key(f) for f in files]}
 
 
 def _read_stamp(path):
@@ -386,30 +602,54 @@ def _read_stamp(path):
         return None
 
 
-def _write_stamp(path, digest, files):
+def _write_stamp(path, digest, map_type, files):
     target = _stamp_file(path)
     with contextlib.suppress(OSError):
         __utils__["postfix_files.private_dir"](os.path.dirname(target))
         # The digest is of the table text, secrets included: root-only.
         __utils__["postfix_files.write_atomic"](
-            target, json.dumps({"digest": digest, "compiled": [_stat_key(f) for f in files]}),
-            mode=0o600, backdate_mtime=False)
+            target, json.dumps(_stamp(digest, map_type, files)), mode=0o600,
+            backdate_mtime=False)
 
 
-def _private_temp(directory, name):
-    """A new empty file only root can read, whatever the umask."""
+def _private_temp(directory, name, data):
+    """A new file holding data that only root can read, whatever the umask."""
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     os.fchmod(fd, 0o600)
-    return fd, tmp
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return tmp
+
+
+def _compile(tmp, path, map_type, config_dir, secrets):
+    """postmap on a root-owned temp source: as root, so it can write in a
+    root-owned directory whatever the table's final owner."""
+    with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
+        res = _run(["postmap", "-c", conf, f"{map_type}:{tmp}"])
+    if res["retcode"]:
+        detail = redact(res["stderr"].replace(tmp, path), secrets or [])
+        raise CommandExecutionError(f"postmap {map_type}:{path} failed: {detail.strip()}")
+
+
+def _place(tmp, target, mode, uid, gid):
+    os.chown(tmp, uid, gid)
+    os.chmod(tmp, mode)  # after chown, which may clear set-id bits
+    os.replace(tmp, target)
 
 
 def build(path, text, map_type=None, mode="0600", user="root", group="root",
           config_dir="/etc/postfix", secrets=None):
     """
     Write the source and (indexed types) compile it, atomically: both are built
-    under temporary names in the table's directory and renamed into place,
-    compiled table first. The compiled table never has more permissions than
-    the source. ``secrets`` are masked in any error.
+    under temporary names and renamed into place, compiled table first; then
+    compiled files of other types beside it are removed. A symlinked path is
+    followed for the source (Postfix reads the compiled files beside the
+    link). ``mode`` as Salt's file states read it; ``mode``, ``user`` or
+    ``group`` None keep the existing source's (new: 0600 root:root); names or
+    numeric ids. The compiled table never has more permissions than the
+    source. ``secrets`` are masked in any error. Returns the removed files.
 
     CLI Example:
 
@@ -419,40 +659,31 @@ def build(path, text, map_type=None, mode="0600", user="root", group="root",
     """
     map_type = map_type or default_type(config_dir)
     check_type(map_type, config_dir)
-    directory, name = os.path.split(os.path.abspath(path))
-    uid, gid = _ids(user, group)
-    final_mode = _mode(mode)
-    data = text.encode()
-    fd, tmp = _private_temp(directory, name)
-    made = [tmp]
+    source_path = _source_path(path)
+    final_mode, uid, gid = _wanted(source_path, mode, user, group)
+    data = _with_newline(text).encode()
+    files = compiled_files(path, map_type)
+    src_dir, src_name = os.path.split(source_path)
+    made = [_private_temp(src_dir, src_name, data)]
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-            os.fchown(handle.fileno(), uid, gid)
-        files = compiled_files(path, map_type)
         if files:
-            made.extend(tmp + suffix for suffix in INDEXED[map_type])
-            with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
-                res = _run(["postmap", "-c", conf, f"{map_type}:{tmp}"])
-            if res["retcode"]:
-                detail = redact(res["stderr"].replace(tmp, path), secrets or [])
-                raise CommandExecutionError(f"postmap {map_type}:{path} failed: "
-                                            f"{detail.strip()}")
+            build_dir, name = os.path.split(os.path.abspath(path))
+            tmp = made[0] if build_dir == src_dir else _private_temp(build_dir, name, data)
+            made.extend([tmp] + [tmp + s for s in INDEXED[map_type]])
+            _compile(tmp, path, map_type, config_dir, secrets)
             for suffix, target in zip(INDEXED[map_type], files):
-                os.chown(tmp + suffix, uid, gid)
-                os.chmod(tmp + suffix, final_mode)
-                os.replace(tmp + suffix, target)
-        os.chmod(tmp, final_mode)
-        os.replace(tmp, path)
+                _place(tmp + suffix, target, final_mode, uid, gid)
+        _place(made[0], source_path, final_mode, uid, gid)
         if files:
-            _write_stamp(path, hashlib.sha256(data).hexdigest(), files)
+            _write_stamp(path, hashlib.sha256(data).hexdigest(), map_type, files)
     finally:
         for leftover in made:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
-    return True
+    removed = stale_files(path, map_type)
+    for leftover in removed:
+        os.unlink(leftover)
+    return removed
 
 
 def remove(path, map_type=None):
@@ -466,13 +697,10 @@ def remove(path, map_type=None):
 
         salt-call postmap.remove /etc/postfix/old_map
     """
-    suffixes = INDEXED.get(map_type, ()) if map_type else \
-        sorted({s for group in INDEXED.values() for s in group})
     removed = []
-    for candidate in [path] + [path + s for s in suffixes]:
-        if os.path.lexists(candidate):
-            os.unlink(candidate)
-            removed.append(candidate)
+    for candidate in present(path, map_type):
+        os.unlink(candidate)
+        removed.append(candidate)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_stamp_file(path))
     return removed
@@ -488,6 +716,12 @@ def present(path, map_type=None):
 
         salt-call postmap.present /etc/postfix/old_map
     """
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise SaltInvocationError(f"name {path!r} is not an absolute path: give the "
+                                  "table's full path, e.g. /etc/postfix/virtual")
+    if os.path.isdir(path):
+        raise SaltInvocationError(f"{path} is a directory, not a table: give the "
+                                  "table's file path")
     suffixes = INDEXED.get(map_type, ()) if map_type else \
         sorted({s for group in INDEXED.values() for s in group})
     return [p for p in [path] + [path + s for s in suffixes] if os.path.lexists(p)]

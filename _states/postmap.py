@@ -27,6 +27,8 @@ reports. Changes are empty when nothing changed, so ``watch``/``onchanges``
 reload Postfix only when a table really changed.
 """
 
+import inspect
+
 __virtualname__ = "postmap"
 
 
@@ -36,6 +38,19 @@ def __virtual__():
     return (False, "the postmap execution module is not available")
 
 
+def _get_source(source, saltenv):
+    """The first of source (a salt:// URL or a list of them, as file.managed
+    takes) that the file server has."""
+    for url in source if isinstance(source, list) else [source]:
+        if not isinstance(url, str):
+            raise ValueError(f"source {url!r} is not a salt:// URL")
+        text = __salt__["cp.get_file_str"](url, saltenv=saltenv)
+        if text is not False and text is not None:
+            return text
+    names = ", ".join(map(str, source)) if isinstance(source, list) else source
+    raise ValueError(f"source {names} not found in saltenv {saltenv}")
+
+
 def _text(entries, source, contents, saltenv):
     given = [x is not None for x in (entries, source, contents)]
     if sum(given) != 1:
@@ -43,66 +58,51 @@ def _text(entries, source, contents, saltenv):
     if entries is not None:
         return __salt__["postmap.render"](entries)
     if source is not None:
-        text = __salt__["cp.get_file_str"](source, saltenv=saltenv)
-        if text is False or text is None:
-            raise ValueError(f"source {source} not found")
+        text = _get_source(source, saltenv)
+    elif isinstance(contents, list):  # lines, as file.managed joins them
+        text = "\n".join(str(line) for line in contents)
     else:
-        text = contents
+        text = str(contents)
     return text if text.endswith("\n") or not text else text + "\n"
 
 
-def managed(name, entries=None, source=None, contents=None, map_type=None, mode="0600",
-            user="root", group="root", secret=False, config_dir="/etc/postfix",
-            saltenv="base", entries_from=None):
-    """
-    Keep a lookup table in sync: source as declared, compiled table (indexed
-    types) present, current and holding exactly the source's entries.
+def _entries_from(function, saltenv):
+    """Call an entries_from function, with the run's saltenv when it takes one."""
+    func = __salt__[function]
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        params = {}
+    entries = func(saltenv=saltenv) if "saltenv" in params else func()
+    if not isinstance(entries, dict):
+        raise ValueError(f"{function} did not return a mapping of entries")
+    return entries
 
-    name
-        Path of the source file; the compiled table is written beside it.
-    entries / source / contents / entries_from
-        The table as a mapping, a ``salt://`` file, text, or the name of an
-        execution function that returns the mapping when the state runs (so
-        secrets never sit in the rendered SLS). Exactly one.
-    map_type
-        Table type; default: Postfix's ``default_database_type``.
-    secret
-        Never show values (changes list keys only).
-    """
-    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+
+def _secrets(entries, text):
+    """Every value of a secret table, to mask in any message."""
+    values = [str(v) for v in (entries or {}).values()]
+    return values + [v for _, v in __salt__["postmap.parse"](text or "")]
+
+
+def _fail(ret, exc, secrets):
+    message = str(exc) or exc.__class__.__name__
+    ret.update(result=False, comment=__salt__["postmap.redact"](message, secrets)
+               if secrets else message)
+    return ret
+
+
+def _changes(name, text, state, mode, user, group, secret):
+    """What the rebuild changes: entries (keys only when secret), mode, owner,
+    compiled table, removed compiled files of another type."""
     mod = __salt__
-    try:
-        if entries_from is not None:
-            if entries is not None:
-                raise ValueError("give exactly one of entries, source, contents or "
-                                 "entries_from")
-            entries = mod[entries_from]()
-            if not isinstance(entries, dict):
-                raise ValueError(f"{entries_from} did not return a mapping of entries")
-    except Exception as exc:  # pylint: disable=broad-except
-        ret.update(result=False, comment=f"entries_from {entries_from}: {exc}")
-        return ret
-    secrets = [str(v) for v in (entries or {}).values()] if secret else []
-    try:
-        text = _text(entries, source, contents, saltenv)
-        map_type = map_type or mod["postmap.default_type"](config_dir)
-        mod["postmap.check_type"](map_type, config_dir)
-        state = mod["postmap.in_sync"](name, text, map_type, mode, user, group, config_dir)
-    except Exception as exc:  # pylint: disable=broad-except
-        ret.update(result=False, comment=mod["postmap.redact"](str(exc), secrets)
-                   if secrets else str(exc))
-        return ret
-    if state["in_sync"]:
-        ret["comment"] = f"Table {map_type}:{name} is in sync"
-        return ret
-    old_text = mod["postfix_control.read_file"](name) if "source content differs" in \
-        state["source"] else None
     changes = {}
     if "source missing" in state["source"]:
         changes["created"] = True
-    elif old_text is not None:
+    elif "source content differs" in state["source"]:
         changes.update(mod["postmap.entry_changes"](
-            mod["postmap.parse"](old_text), mod["postmap.parse"](text), secret))
+            mod["postmap.parse"](mod["postmap.read"](name) or ""), mod["postmap.parse"](text),
+            secret))
         if not changes:
             changes["source"] = "reformatted"
     if "source mode or owner differs" in state["source"]:
@@ -111,34 +111,98 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
         changes["compiled"] = "rebuilt"
     elif state["compiled"]:
         changes["compiled"] = f"rebuilt: {state['compiled'][0]}"
-    why = "; ".join(state["source"] + state["compiled"])
+    if state["stale"]:
+        changes["removed_files"] = state["stale"]
+    return changes
+
+
+def managed(name, entries=None, source=None, contents=None, map_type=None, mode="0600",
+            user="root", group="root", secret=False, config_dir="/etc/postfix",
+            saltenv=None, entries_from=None):
+    """
+    Keep a lookup table in sync: source as declared, compiled table (indexed
+    types) present, current, of the declared type and holding exactly the
+    source's entries; compiled files of another type beside it are removed.
+
+    name
+        Absolute path of the source file; the compiled table is written beside
+        it. A symlink is followed for the source, as file.managed does.
+    entries / source / contents / entries_from
+        The table as a mapping, a ``salt://`` file (or a list: the first
+        found), text (or a list of lines), or the name of an execution
+        function that returns the mapping when the state runs (so secrets
+        never sit in the rendered SLS; it gets ``saltenv`` when it takes it).
+        Exactly one. An empty mapping makes an empty table.
+    map_type
+        Table type; default: the ``default_database_type`` of config_dir's
+        main.cf (Postfix's built-in default when unset).
+    mode / user / group
+        As file.managed takes them: ``0600``, ``'0600'`` and ``600`` are all
+        0600; names or numeric ids. None keeps the existing file's (a new
+        file: 0600 root:root).
+    saltenv
+        For ``source`` and ``entries_from``; default: the run's environment.
+    secret
+        Never show values (changes list keys only).
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    mod = __salt__
+    saltenv = saltenv or globals().get("__env__") or "base"
+    secrets = []
+    try:
+        if entries_from is not None:
+            if entries is not None:
+                raise ValueError("give exactly one of entries, source, contents or "
+                                 "entries_from")
+            entries = _entries_from(entries_from, saltenv)
+    except Exception as exc:  # pylint: disable=broad-except
+        return _fail(ret, f"entries_from {entries_from}: {exc}",
+                     [str(v) for v in (entries or {}).values()] if secret else [])
+    try:
+        secrets = _secrets(entries, None) if secret else []
+        text = _text(entries, source, contents, saltenv)
+        secrets = _secrets(entries, text) if secret else []
+        map_type = map_type or mod["postmap.default_type"](config_dir)
+        mod["postmap.check_type"](map_type, config_dir)
+        state = mod["postmap.in_sync"](name, text, map_type, mode, user, group, config_dir)
+        changes = _changes(name, text, state, mode, user, group, secret)
+    except Exception as exc:  # pylint: disable=broad-except
+        return _fail(ret, exc, secrets)
+    empty = " (empty)" if not text else ""
+    if state["in_sync"]:
+        ret["comment"] = f"Table {map_type}:{name} is in sync{empty}"
+        return ret
+    why = "; ".join(state["source"] + state["compiled"] +
+                    [f"{f} is of another type" for f in state["stale"]])
     if __opts__["test"]:
         ret.update(result=None, changes=changes,
-                   comment=f"Table {map_type}:{name} would be rebuilt ({why})")
+                   comment=f"Table {map_type}:{name} would be rebuilt{empty} ({why})")
         return ret
     try:
         mod["postmap.build"](name, text, map_type, mode, user, group, config_dir, secrets)
     except Exception as exc:  # pylint: disable=broad-except
-        ret.update(result=False, comment=mod["postmap.redact"](str(exc), secrets))
-        return ret
-    ret.update(changes=changes, comment=f"Table {map_type}:{name} rebuilt ({why})")
+        return _fail(ret, exc, secrets)
+    ret.update(changes=changes, comment=f"Table {map_type}:{name} rebuilt{empty} ({why})")
     return ret
 
 
-def absent(name, map_type=None, config_dir="/etc/postfix"):
+def absent(name, map_type=None, config_dir="/etc/postfix"):  # pylint: disable=unused-argument
     """
     Remove a table's source and compiled files (of every indexed type unless
     map_type is given).
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
-    present = __salt__["postmap.present"](name, map_type)
-    if not present:
-        ret["comment"] = f"Table {name} is absent"
-        return ret
-    if __opts__["test"]:
-        ret.update(result=None, changes={"removed": present},
-                   comment=f"Table {name} would be removed")
-        return ret
-    ret["changes"] = {"removed": __salt__["postmap.remove"](name, map_type)}
+    try:
+        present = __salt__["postmap.present"](name, map_type)
+        if not present:
+            ret["comment"] = f"Table {name} is absent"
+            return ret
+        if __opts__["test"]:
+            ret.update(result=None, changes={"removed": present},
+                       comment=f"Table {name} would be removed")
+            return ret
+        ret["changes"] = {"removed": __salt__["postmap.remove"](name, map_type)}
+    except Exception as exc:  # pylint: disable=broad-except
+        return _fail(ret, exc, [])
     ret["comment"] = f"Table {name} removed"
     return ret

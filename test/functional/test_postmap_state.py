@@ -6,6 +6,7 @@ real postmap: what a sysadmin checks on the table files after each run.
 import os
 import stat
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -15,7 +16,11 @@ ENTRIES = {"[smtp.example.net]:587": f"user:{SECRET}", "[backup.example.net]:465
 
 
 def supported():
-    out = subprocess.run(["postconf", "-m"], capture_output=True, text=True).stdout.split()
+    """postconf -m with an empty private config (the host may have no main.cf)."""
+    with tempfile.TemporaryDirectory() as conf:
+        open(os.path.join(conf, "main.cf"), "w").close()
+        out = subprocess.run(["postconf", "-c", conf, "-m"], capture_output=True,
+                             text=True).stdout.split()
     return out or ["hash"]
 
 
@@ -29,8 +34,17 @@ def managed(loaders, path, config_dir, **kwargs):
     return loaders.states.postmap.managed(name=str(path), config_dir=config_dir, **kwargs)
 
 
+CONF = {}
+
+
+@pytest.fixture(autouse=True)
+def _private_conf(config_dir):
+    """query() reads the private config dir, never the host's main.cf."""
+    CONF["dir"] = config_dir
+
+
 def query(path, key, map_type="hash"):
-    res = subprocess.run(["postmap", "-q", key, f"{map_type}:{path}"],
+    res = subprocess.run(["postmap", "-c", CONF["dir"], "-q", key, f"{map_type}:{path}"],
                          capture_output=True, text=True)
     return res.stdout.strip() if res.returncode == 0 else None
 
@@ -95,7 +109,7 @@ def test_changes_show_values_when_not_secret(loaders, table_dir, config_dir):
     (lambda p: os.truncate(f"{p}.db", 100), "compiled table unreadable (corrupt)"),
     (lambda p: os.utime(f"{p}.db", (time.time() - 3600,) * 2),
      "compiled table older than the source"),
-    (lambda p: (subprocess.run(["postmap", f"hash:{p}.other"], check=True),
+    (lambda p: (subprocess.run(["postmap", "-c", CONF["dir"], f"hash:{p}.other"], check=True),
                 os.chmod(f"{p}.other.db", 0o600), os.replace(f"{p}.other.db", f"{p}.db")),
      "compiled table holds other entries"),
 ])
@@ -253,3 +267,178 @@ def test_source_from_the_file_server(loaders, table_dir, config_dir, minion_opts
     assert query(path, "postmaster") == "me@example.org"
     missing = managed(loaders, path, config_dir, entries=None, source="salt://tables/nope")
     assert missing.result is False and "salt://tables/nope not found" in missing.comment
+
+
+# -- regressions (issue 12, table part) -------------------------------------------
+
+def test_changed_type_rebuilds_and_removes_the_old_compiled_file(loaders, table_dir,
+                                                                  config_dir):
+    path = table_dir / "passwd"
+    managed(loaders, path, config_dir, map_type="hash", secret=True)
+    ret = managed(loaders, path, config_dir, map_type="btree", secret=True)
+    assert ret.changes.get("compiled", "").startswith("rebuilt"), ret.raw
+    assert query(path, "[smtp.example.net]:587", "btree") == f"user:{SECRET}"
+    if "lmdb" in INDEXED:
+        test = managed(loaders, path, config_dir, map_type="lmdb", secret=True, test=True)
+        assert test.result is None and test.changes["removed_files"] == [f"{path}.db"]
+        assert os.path.exists(f"{path}.db") and not os.path.exists(f"{path}.lmdb")
+        ret = managed(loaders, path, config_dir, map_type="lmdb", secret=True)
+        assert ret.changes["removed_files"] == [f"{path}.db"]
+        assert sorted(os.listdir(table_dir)) == ["passwd", "passwd.lmdb"]
+        assert managed(loaders, path, config_dir, map_type="lmdb", secret=True).changes == {}
+
+
+def test_default_type_is_the_config_dirs_value(loaders, tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "main.cf").write_text("default_database_type = btree\n")
+    os.utime(conf / "main.cf", (time.time() - 60,) * 2)
+    assert loaders.modules.postmap.default_type(str(conf)) == "btree"
+
+
+@pytest.mark.parametrize("sep", ["\u2029", "\u2028", "\x85"])
+def test_secret_value_with_unicode_line_separator_never_shows(loaders, table_dir,
+                                                              config_dir, sep):
+    path = table_dir / "passwd"
+    key = "[smtp.example.net]:587"
+    managed(loaders, path, config_dir, entries={key: f"u:correct{sep}horsebattery1"},
+            secret=True)
+    ret = managed(loaders, path, config_dir, entries={key: f"u:correct{sep}horsebattery2"},
+                  secret=True)
+    assert ret.changes == {"changed": [key], "compiled": "rebuilt"}
+    assert "horsebattery" not in repr(ret.raw) and "correct" not in repr(ret.raw)
+
+
+@pytest.mark.parametrize("given", [600, "0600", "600", 0o600, "0o600"])
+def test_mode_as_salt_users_write_it(loaders, table_dir, config_dir, given):
+    path = table_dir / "passwd"
+    ret = managed(loaders, path, config_dir, mode=given)
+    assert ret.result is True, ret.raw
+    assert mode(path) == 0o600 and mode(f"{path}.db") == 0o600
+    mod = loaders.modules.postmap
+    text = mod.render({"root": "me@example.org"})
+    mod.build(str(table_dir / "virtual"), text, "hash", 644, config_dir=config_dir)
+    assert mode(table_dir / "virtual") == 0o644
+    assert mod.in_sync(str(table_dir / "virtual"), text, "hash", 644,
+                       config_dir=config_dir)["in_sync"] is True
+
+
+def test_saltenv_defaults_to_the_runs_env(loaders, table_dir, config_dir, tmp_path):
+    dev = tmp_path / "dev_root"
+    (dev / "tables").mkdir(parents=True)
+    (dev / "tables" / "dev_only").write_text("root dev@example.org\n")
+    roots = dict(loaders.opts["file_roots"])
+    loaders.opts["file_roots"]["dev"] = [str(dev)]
+    path = str(table_dir / "virtual")
+    try:  # a state of an SLS file in the dev environment
+        ret = loaders.modules.state.high({path: {
+            "postmap": ["managed", {"source": "salt://tables/dev_only"},
+                        {"config_dir": config_dir}, {"map_type": "hash"}],
+            "__env__": "dev", "__sls__": "tables"}})
+    finally:
+        loaders.opts["file_roots"] = roots
+    assert [r.result for r in ret] == [True], ret.raw
+    assert query(path, "root") == "dev@example.org"
+
+
+@pytest.mark.parametrize("map_type", INDEXED)
+def test_non_root_owner_for_compiled_types(loaders, table_dir, config_dir, map_type):
+    path = table_dir / "passwd"
+    ret = managed(loaders, path, config_dir, map_type=map_type, user="postfix",
+                  group="postfix", mode="0640")
+    assert ret.result is True, ret.comment
+    st = os.stat(str(path) + SUFFIX[map_type])
+    assert (st.st_uid, st.st_gid) == (os.stat(path).st_uid, os.stat(path).st_gid)
+    assert st.st_uid != 0
+    assert query(path, "[smtp.example.net]:587", map_type) == f"user:{SECRET}"
+    assert managed(loaders, path, config_dir, map_type=map_type, user="postfix",
+                   group="postfix", mode="0640").changes == {}
+
+
+@pytest.mark.parametrize("user, group", [(0, 0), ("0", "0"), (None, None)])
+def test_numeric_and_null_owner(loaders, table_dir, config_dir, user, group):
+    ret = managed(loaders, table_dir / "passwd", config_dir, user=user, group=group)
+    assert ret.result is True, ret.comment
+    assert os.stat(table_dir / "passwd").st_uid == 0
+
+
+@pytest.mark.parametrize("entries, key", [({"a": None, "b": "x"}, "a"),
+                                          ({"b": "x", "d": ""}, "d"),
+                                          ({"d": "  "}, "d"),
+                                          ({'"q': "x"}, '"q'),
+                                          ({"q\\": "x"}, "q\\")])
+def test_entries_postfix_would_drop_are_refused(loaders, table_dir, config_dir, entries,
+                                                key):
+    ret = managed(loaders, table_dir / "passwd", config_dir, entries=entries)
+    assert ret.result is False
+    assert repr(key) in ret.comment
+    assert not (table_dir / "passwd").exists()
+
+
+def test_empty_entries_give_an_empty_table_and_a_comment(loaders, table_dir, config_dir):
+    ret = managed(loaders, table_dir / "passwd", config_dir, entries={})
+    assert ret.result is True and ret.comment, ret.raw
+    assert query(table_dir / "passwd", "x") is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("k a\n  b\tc\n", [("k", "a  b\tc")]),
+    ("k a\nK b\n", [("k", "a")]),
+    (" x y\nk v\n", [("k", "v")]),
+    ("k v\r\nj w\r\n", [("k", "v"), ("j", "w")]),
+    ("\ufeffk v\n", [("\ufeffk", "v")]),
+    ("k\nj v\n", [("j", "v")]),
+    ("k a\u2029b\n", [("k", "a\u2029b")]),
+    ("k a\n# c\n  b\n", [("k", "a  b")]),
+])
+def test_parse_agrees_with_postmap(loaders, text, expected):
+    assert loaders.modules.postmap.parse(text) == expected
+
+
+def test_symlinked_name_is_followed(loaders, table_dir, config_dir):
+    real = table_dir / "real"
+    link = table_dir / "passwd"
+    real.write_text("old x\n")
+    link.symlink_to(real)
+    ret = managed(loaders, link, config_dir)
+    assert ret.result is True, ret.comment
+    assert link.is_symlink() and "smtp.example.net" in real.read_text()
+    assert query(link, "[smtp.example.net]:587") == f"user:{SECRET}"
+    assert managed(loaders, link, config_dir).changes == {}
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"name": "relative/passwd"}, "absolute path"),
+    ({"entries": None, "contents": ["a b", 3]}, ""),
+    ({"entries": None, "source": ["salt://nope1", "salt://nope2"]}, "not found"),
+])
+def test_rough_inputs_give_one_clear_comment(loaders, table_dir, config_dir, kwargs, words):
+    kwargs.setdefault("name", str(table_dir / "passwd"))
+    kwargs.setdefault("entries", ENTRIES)
+    ret = loaders.states.postmap.managed(config_dir=config_dir, **kwargs)
+    if words:
+        assert ret.result is False and words in ret.comment, ret.raw
+    else:
+        assert ret.result is True, ret.raw
+        assert (table_dir / "passwd").read_text() == "a b\n3\n"
+
+
+def test_absent_on_a_directory_fails_clearly(loaders, table_dir):
+    ret = loaders.states.postmap.absent(name=str(table_dir))
+    assert ret.result is False and "directory" in ret.comment
+
+
+def test_missing_postmap_binary_fails_clearly(loaders, table_dir, config_dir, monkeypatch,
+                                             tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    ret = managed(loaders, table_dir / "passwd", config_dir)
+    assert ret.result is False and "not installed" in ret.comment, ret.raw
+
+
+def test_text_without_final_newline_is_in_sync(loaders, table_dir, config_dir):
+    mod = loaders.modules.postmap
+    path = str(table_dir / "virtual")
+    mod.build(path, "root me@example.org", "hash", "0644", config_dir=config_dir)
+    assert (table_dir / "virtual").read_text() == "root me@example.org\n"
+    assert mod.in_sync(path, "root me@example.org", "hash", "0644",
+                       config_dir=config_dir)["in_sync"] is True
