@@ -91,10 +91,29 @@ def write_token(path, data, user="postfix"):
     return True
 
 
+def stale_tokens(path):
+    """
+    The other token files (``*.json``) in path's directory: left from a relay
+    the pillar no longer names, each still holds a refresh token. Nothing is
+    changed (``prune`` removes them).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_xoauth2.stale_tokens /var/spool/postfix/etc/sasl-xoauth2/x.json
+    """
+    directory, keep = os.path.split(os.path.abspath(path))
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:  # not written yet: nothing left over either
+        return []
+    return sorted(name for name in names if name.endswith(".json") and name != keep)
+
+
 def prune(path):
     """
-    Remove the other token files (``*.json``) in path's directory: left from
-    a relay the pillar no longer names, each still holds a refresh token.
+    Remove the other token files in path's directory (``stale_tokens``).
     Returns the names removed.
 
     CLI Example:
@@ -103,15 +122,34 @@ def prune(path):
 
         salt-call postfix_xoauth2.prune /var/spool/postfix/etc/sasl-xoauth2/x.json
     """
-    directory, keep = os.path.split(os.path.abspath(path))
-    removed = []
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".json") and name != keep:
-            os.unlink(os.path.join(directory, name))
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(_stamp_file(os.path.join(directory, name)))
-            removed.append(name)
+    directory = os.path.dirname(os.path.abspath(path))
+    removed = stale_tokens(path)
+    for name in removed:
+        os.unlink(os.path.join(directory, name))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_stamp_file(os.path.join(directory, name)))
     return removed
+
+
+def private_changes(path, user="postfix"):
+    """
+    What ``ensure_private`` would change on an existing token file: ``user``
+    when it is not owned by user (and user's group), ``mode`` when it is not
+    0600. Nothing is changed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_xoauth2.private_changes /var/spool/postfix/etc/sasl-xoauth2/x.json
+    """
+    entry, stat = pwd.getpwnam(user), os.stat(path)
+    changes = {}
+    if (stat.st_uid, stat.st_gid) != (entry.pw_uid, entry.pw_gid):
+        changes["user"] = user
+    if stat.st_mode & 0o777 != 0o600:
+        changes["mode"] = "0600"
+    return changes
 
 
 def ensure_private(path, user="postfix"):
@@ -125,15 +163,13 @@ def ensure_private(path, user="postfix"):
 
         salt-call postfix_xoauth2.ensure_private /var/spool/postfix/etc/sasl-xoauth2/x.json
     """
-    entry, stat = pwd.getpwnam(user), os.stat(path)
-    changed = {}
-    if (stat.st_uid, stat.st_gid) != (entry.pw_uid, entry.pw_gid):
+    changes = private_changes(path, user)
+    if "user" in changes:
+        entry = pwd.getpwnam(user)
         os.chown(path, entry.pw_uid, entry.pw_gid)
-        changed["user"] = user
-    if stat.st_mode & 0o777 != 0o600:
+    if "mode" in changes:
         os.chmod(path, 0o600)
-        changed["mode"] = "0600"
-    return changed
+    return changes
 
 
 def _host_path(chroot, path):

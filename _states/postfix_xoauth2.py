@@ -10,6 +10,8 @@ left alone when only the plugin refreshed it.
         - user: postfix
 """
 
+import inspect
+
 __virtualname__ = "postfix_xoauth2"
 
 
@@ -19,6 +21,33 @@ def __virtual__():
     return (False, "the postfix_xoauth2 execution module is not available")
 
 
+def _data(data_from):
+    """The token file's starting content from data_from, asked for this run's
+    environment when the function takes a saltenv."""
+    func = __salt__[data_from]
+    try:
+        takes_env = "saltenv" in inspect.signature(func).parameters
+    except (TypeError, ValueError):  # no signature to read: call it plainly
+        takes_env = False
+    data = func(saltenv=__env__) if takes_env else func()
+    if not isinstance(data, dict):
+        raise ValueError(f"{data_from} did not return a mapping")
+    return data
+
+
+def _pending(name, user, current, prune):
+    """The changes the real run would make, found without changing anything."""
+    mod = __salt__
+    if current:
+        changes = mod["postfix_xoauth2.private_changes"](name, user)
+    else:
+        changes = {"token_file": "written from the pillar (values not shown)"}
+    stale = mod["postfix_xoauth2.stale_tokens"](name) if prune else []
+    if stale:
+        changes["removed"] = stale
+    return changes
+
+
 def token_file(name, data_from, user="postfix", prune=True):
     """
     name
@@ -26,7 +55,8 @@ def token_file(name, data_from, user="postfix", prune=True):
         Postfix's chroot).
     data_from
         Execution function returning the file's starting content (refresh
-        token, client, endpoint): read when the state runs, never shown.
+        token, client, endpoint): read when the state runs, never shown;
+        given the run's ``saltenv`` when it takes one.
     user
         Owner: the user Postfix's smtp process runs as (it rewrites the file).
     prune
@@ -35,19 +65,21 @@ def token_file(name, data_from, user="postfix", prune=True):
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
-        data = __salt__[data_from]()
-        if not isinstance(data, dict):
-            raise ValueError(f"{data_from} did not return a mapping")
+        data = _data(data_from)
         current = __salt__["postfix_xoauth2.token_current"](name, data)
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, comment=f"token file not checked: {exc}")
         return ret
     if __opts__["test"]:
-        if not current:
-            ret.update(result=None, comment="Token file would be written",
-                       changes={"token_file": "written from the pillar (values not shown)"})
-        else:
-            ret["comment"] = "Token file is current (the plugin refreshes it itself)"
+        try:
+            ret["changes"] = _pending(name, user, current, prune)
+        except Exception as exc:  # pylint: disable=broad-except
+            ret.update(result=False, comment=f"token file not checked: {exc}")
+            return ret
+        ret["result"] = None if ret["changes"] else True
+        ret["comment"] = ("Token file would be written" if not current else
+                          "Token file would be repaired" if ret["changes"] else
+                          "Token file is current (the plugin refreshes it itself)")
         return ret
     try:
         if current:

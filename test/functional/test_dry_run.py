@@ -10,6 +10,8 @@ Here the layout is a private copy with an empty queue_directory (Postfix
 refuses to run without one) and no data_directory: any write creates them.
 """
 
+import copy
+import json
 import os
 import pathlib
 import shutil
@@ -92,3 +94,54 @@ def test_main_cf_state_under_test_writes_nothing(loaders, layout):
     assert "relayhost" in ret.changes
     assert tree(layout["root"]) == before
 
+
+
+OAUTH2_PILLAR = {"postfix_relay": {
+    "domain": "example.org", "recipient": "me@example.org",
+    "relay": {"host": "smtp.office365.com", "port": 587, "username": "alerts@example.org",
+              "oauth2": {"token_endpoint": "https://login.example.com/t/oauth2/v2.0/token",
+                         "client_id": "app", "client_secret": "cs", "refresh_token": "rt"}}}}
+
+
+@pytest.fixture
+def oauth2_pillar(minion_opts, layout):
+    """The pillar the minion compiles (state functions take no pillar= here),
+    for this test only."""
+    pillar = copy.deepcopy(OAUTH2_PILLAR)
+    pillar["postfix_relay"]["lookup"] = {"config_dir": str(layout["conf"])}
+    root = pathlib.Path(minion_opts["pillar_roots"]["base"][0])
+    root.mkdir(exist_ok=True)
+    (root / "top.sls").write_text("base:\n  '*':\n    - dry_run\n")
+    (root / "dry_run.sls").write_text(json.dumps(pillar))
+    try:
+        yield pillar
+    finally:
+        for name in ("top.sls", "dry_run.sls"):
+            (root / name).unlink()
+
+
+def test_token_file_dry_run_reports_the_repairs_and_removals(loaders, layout, oauth2_pillar):
+    """The real run gives the token file back to postfix (0600) and removes
+    token files of relays no longer used: test=True reports exactly that."""
+    tokens = layout["root"] / "sasl-xoauth2"
+    tokens.mkdir(mode=0o700)
+    token = tokens / "smtp.office365.com-587.json"
+
+    def apply(**kwargs):
+        return loaders.states.postfix_xoauth2.token_file(
+            name=str(token), data_from="postfix_relay_settings.oauth2_token_file", **kwargs)
+
+    assert apply().result is True
+    os.chown(token, 0, 0)
+    os.chmod(token, 0o644)
+    (tokens / "old-relay.example-587.json").write_text('{"refresh_token": "x"}')
+    before = tree(layout["root"])
+    dry = apply(test=True)
+    assert tree(layout["root"]) == before
+    assert dry.result is None, dry.comment
+    real = apply()
+    assert real.result is True, real.comment
+    assert dry.changes == real.changes == {
+        "user": "postfix", "mode": "0600", "removed": ["old-relay.example-587.json"]}
+    again = apply(test=True)
+    assert (again.result, again.changes) == (True, {})
