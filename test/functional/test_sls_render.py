@@ -18,7 +18,7 @@ import pytest
 import salt.state
 import yaml
 
-from helpers import load_module
+from helpers import REPO, load_module
 from test_dry_run import MASTER_CF
 
 REQUISITES = ("require", "watch", "onchanges", "onfail", "prereq", "use", "listen")
@@ -78,7 +78,7 @@ def full_pillar(name, private_conf):
     return {"postfix_relay": pillar}
 
 
-def render(opts, pillar, sls, keep=None):
+def render(opts, pillar, sls, keep=None, saltenv="base"):
     """(SLS texts as YAML saw them, high data, low chunks, errors); the State
     object, its requisites resolved, in ``keep["state"]`` when asked."""
     opts = copy.deepcopy(opts)
@@ -98,7 +98,7 @@ def render(opts, pillar, sls, keep=None):
         loaded["yaml.render"] = capture
         highstate.push_active()
         try:
-            high, errors = highstate.render_highstate({"base": [sls]})
+            high, errors = highstate.render_highstate({saltenv: [sls]})
         finally:
             highstate.pop_active()
         errors += highstate.state.verify_high(high)
@@ -223,3 +223,23 @@ def test_service_restarts_or_reloads_for_what_changed(loaders, private_conf, sta
     states.__salt__ = {"postfix_control.needs_restart":
                        loaders.modules.postfix_control.needs_restart}
     assert states._watched_action() == action  # pylint: disable=protected-access
+
+
+def test_map_reads_the_formula_of_the_run_environment(loaders, private_conf, tmp_path):
+    """Rendered in saltenv dev, the SLS use dev's osfamilymap.yaml, not base's."""
+    dev = tmp_path / "dev"
+    formula = dev / "postfix_relay"
+    shutil.copytree(REPO / "postfix_relay", formula)
+    for name in ("_modules", "_states", "_utils"):
+        (dev / name).symlink_to(REPO / name)
+    osfamilymap = formula / "osfamilymap.yaml"
+    osfamilymap.write_text(osfamilymap.read_text().replace(
+        "dist_main_cf: /usr/share/postfix/main.cf.debian", "dist_main_cf: /dev-env/main.cf"))
+    assert "/dev-env/main.cf" in osfamilymap.read_text()
+    opts = copy.deepcopy(loaders.opts)
+    opts["file_roots"] = {**opts["file_roots"], "dev": [str(dev)]}
+    _, high, _, errors = render(opts, full_pillar("password", private_conf),
+                                "postfix_relay.clean", saltenv="dev")
+    assert errors == []
+    args = high["postfix-relay-clean-main-cf"]["postfix_control"]
+    assert {"dist_main_cf": "/dev-env/main.cf"} in args
