@@ -169,12 +169,17 @@ def running(name="postfix", enable=True, config_dir="/etc/postfix", prestart=Non
     mod = __salt__
     _enable(ret, enable)
     if mod["postfix_control.status"](config_dir):
-        ret["comment"] = ("Postfix is running" + ret["comment"]).strip()
+        enabled = "; enabled at boot" if ret["changes"] else ""
+        if __opts__["test"] and ret["changes"]:
+            ret["result"] = None
+            enabled = "; it would be enabled at boot"
+        ret["comment"] = f"Postfix is running{enabled}{ret['comment']}"
         return ret
     ret["changes"]["running"] = True
     if __opts__["test"]:
         ret["result"] = None
-        ret["comment"] = "Postfix would be started"
+        ret["comment"] = f"Postfix would be started{ret['comment']}"
+        _flush(ret, config_dir)
         return ret
     try:
         mod["postfix_control.start"](config_dir, prestart)
@@ -190,15 +195,19 @@ def running(name="postfix", enable=True, config_dir="/etc/postfix", prestart=Non
 
 def _flush(ret, config_dir):
     """Mail deferred under the old settings (or while Postfix was down) is
-    retried now instead of after its backoff time."""
+    retried now instead of after its backoff time; under test, counted only."""
     try:
-        waiting = __salt__["postfix_control.flush"](config_dir)
+        if __opts__["test"]:
+            waiting = __salt__["postfix_control.deferred_count"](config_dir)
+        else:
+            waiting = __salt__["postfix_control.flush"](config_dir)
     except Exception as exc:  # pylint: disable=broad-except
         ret["comment"] += f"; deferred mail not flushed: {exc}"
         return
     if waiting:
         ret["changes"]["flushed"] = waiting
-        ret["comment"] += f"; {waiting} deferred message(s) retried"
+        would = "would be " if __opts__["test"] else ""
+        ret["comment"] += f"; {waiting} deferred message(s) {would}retried"
 
 
 def _watched_changes():
@@ -231,8 +240,9 @@ def mod_watch(name, sfun=None, config_dir="/etc/postfix", prestart=None, **kwarg
     action = _watched_action()
     restart = action == "restart"
     if __opts__["test"]:
-        ret["result"] = None
-        ret["comment"] = f"Postfix would {action}"
+        # only called when a watched state would change: Postfix would act
+        ret.update(result=None, changes={action: True}, comment=f"Postfix would {action}")
+        _flush(ret, config_dir)
         return ret
     try:
         __salt__[f"postfix_control.{action}"](config_dir, prestart)

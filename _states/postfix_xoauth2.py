@@ -78,7 +78,8 @@ def token_file(name, data_from, user="postfix", prune=True):
             return ret
         ret["result"] = None if ret["changes"] else True
         ret["comment"] = ("Token file would be written" if not current else
-                          "Token file would be repaired" if ret["changes"] else
+                          f"Token file is current; would change: {', '.join(ret['changes'])}"
+                          if ret["changes"] else
                           "Token file is current (the plugin refreshes it itself)")
         return ret
     try:

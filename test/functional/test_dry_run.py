@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -145,3 +146,79 @@ def test_token_file_dry_run_reports_the_repairs_and_removals(loaders, layout, oa
         "user": "postfix", "mode": "0600", "removed": ["old-relay.example-587.json"]}
     again = apply(test=True)
     assert (again.result, again.changes) == (True, {})
+
+
+def master_pids():
+    """Every Postfix master process on this host (whoever started it)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm", encoding="ascii") as handle:
+                    if handle.read().strip() == "master":
+                        pids.add(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def test_running_dry_run_on_this_host_starts_nothing(loaders, layout):
+    """Against this host's real Postfix (running or not, enabled or not)."""
+    conf = str(layout["conf"])
+    status = loaders.modules.postfix_control.status
+    before, pids = status(conf), master_pids()
+    ret = loaders.states.postfix_control.running(name="postfix", config_dir=conf, test=True)
+    assert ret.result is (None if ret.changes else True), ret.comment
+    assert ret.changes.get("running", False) is not before
+    assert (status(conf), master_pids()) == (before, pids)
+
+
+def test_smtpd_listener_dry_run(loaders, layout):
+    master = layout["conf"] / "master.cf"
+    on = loaders.modules.postfix_control.smtpd_listening(str(layout["conf"]))
+    before = tree(layout["root"])
+    for enabled in (True, False):
+        ret = loaders.states.postfix_control.smtpd_listener(
+            name=str(master), enabled=enabled, config_dir=str(layout["conf"]), test=True)
+        assert ret.result is (True if enabled == on else None), ret.comment
+        assert bool(ret.changes) is (enabled != on)
+    assert tree(layout["root"]) == before
+
+
+def test_main_cf_restored_dry_run(loaders, layout):
+    conf, main_cf = layout["conf"], layout["conf"] / "main.cf"
+
+    def restore():
+        return loaders.states.postfix_control.main_cf_restored(
+            name=str(main_cf), config_dir=str(conf), test=True)
+
+    ret = restore()  # a main.cf the formula did not write: nothing to restore
+    assert (ret.result, ret.changes) == (True, {}), ret.comment
+    header = loaders.modules.postfix_control.render_main_cf({})
+    main_cf.write_text(header + "relayhost = [smtp.example.net]:587\n")
+    (conf / "main.cf.pre-postfix_relay").write_text("compatibility_level = 3.6\n")
+    before = tree(layout["root"])
+    ret = restore()
+    assert ret.result is None and ret.changes, ret.comment
+    assert tree(layout["root"]) == before
+
+
+def test_aliases_built_dry_run(loaders, layout):
+    conf, aliases = layout["conf"], layout["root"] / "aliases"
+    aliases.write_text("postmaster: root\n")
+    with open(conf / "main.cf", "a", encoding="utf-8") as handle:
+        handle.write(f"alias_database = hash:{aliases}\nalias_maps = hash:{aliases}\n")
+    old = time.time() - 60
+    os.utime(conf / "main.cf", (old, old))
+
+    def build():
+        return loaders.states.postfix_control.aliases_built(
+            name=str(conf / "main.cf"), config_dir=str(conf), test=True)
+
+    before = tree(layout["root"])
+    ret = build()
+    assert ret.result is None and ret.changes == {"built": [f"hash:{aliases}"]}, ret.comment
+    assert tree(layout["root"]) == before
+    subprocess.run(["postalias", "-c", str(conf), f"hash:{aliases}"], check=True)
+    ret = build()
+    assert (ret.result, ret.changes) == (True, {}), ret.comment
