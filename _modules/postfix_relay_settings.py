@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import unicodedata
 
 from salt.exceptions import SaltInvocationError
 
@@ -163,16 +164,29 @@ def _strict_text(key, value, required=False, allow_space=False):
 
 
 def _idna(key, name):
-    """A Unicode host name in the ASCII (IDNA) form Postfix looks up: UTS #46
-    mapping, non-transitional, as Postfix's midna_domain_to_ascii does with ICU."""
+    """
+    A Unicode host name in the ASCII form Postfix looks up: what ICU's UTS #46
+    ToASCII (non-transitional, default options) gives in Postfix's
+    midna_domain_to_ascii(): mapping and NFC, then per label the hyphen and
+    combining-mark checks and punycode. No IDNA2008 code point table: ICU
+    takes symbols such as emoji, so Postfix does.
+    """
     import idna  # pylint: disable=import-outside-toplevel
 
     try:
         mapped = idna.uts46_remap(name, std3_rules=False, transitional=False)
-        labels = [label if label.isascii() else idna.alabel(label).decode()
-                  for label in mapped.split(".")]
     except (idna.IDNAError, UnicodeError, ValueError) as exc:
         _fail(key, f"{name!r} has no IDNA (ASCII) form: {exc}")
+    labels = []
+    for label in mapped.split("."):
+        if (label[2:4] == "--" and not label.startswith("xn--")) or label.startswith("-") \
+                or label.endswith("-"):
+            _fail(key, f"{name!r} has no IDNA (ASCII) form: label {label!r} has a "
+                       "hyphen at its start, end or third and fourth place")
+        if label and unicodedata.category(label[0]).startswith("M"):
+            _fail(key, f"{name!r} has no IDNA (ASCII) form: label {label!r} starts "
+                       "with a combining mark")
+        labels.append(label if label.isascii() else "xn--" + label.encode("punycode").decode())
     return ".".join(labels)
 
 
@@ -220,7 +234,13 @@ def _ip_literal(key, text, ipv6_only=False):
         return None
     if ipv6_only and ip.version != 6:
         _fail(key, f"{text!r} after 'ipv6:' is not an IPv6 address")
-    return f"ipv6:{ip}" if ip.version == 6 else str(ip)
+    written = str(ip)
+    dotted = re.search(r"([0-9]+)\.[0-9.]+$", written)
+    if dotted and int(dotted.group(1)) == 0 and written[dotted.start():] != "0.0.0.0":
+        # valid_ipv4_hostaddr(): "Allow 0.0.0.0 but not 0.1.2.3"
+        _fail(key, f"{text!r}: Postfix refuses an IPv4 address starting with 0 "
+                   "(other than 0.0.0.0)")
+    return f"ipv6:{written}" if ip.version == 6 else written
 
 
 def relay_host(key, value):
