@@ -14,6 +14,7 @@ and never leaves this module: no return, log line or exception carries it.
 """
 
 import collections
+import hashlib
 import json
 import os
 import re
@@ -33,7 +34,7 @@ CONF_NAMES = [
     "smtp_sasl_auth_enable", "smtp_sasl_password_maps", "smtp_sasl_mechanism_filter",
     "smtp_sasl_security_options", "smtp_sasl_tls_security_options",
     "smtp_sender_dependent_authentication", "maillog_file", "myhostname", "mail_version",
-    "mail_owner",
+    "mail_owner", "smtp_tls_fingerprint_digest", "smtp_tls_fingerprint_cert_match",
 ]
 SMTPLIB_MECHANISMS = {"PLAIN", "LOGIN", "CRAM-MD5"}
 PLUGIN_PACKAGES = {
@@ -317,11 +318,17 @@ def probe(relay=None, timeout=10, config_dir="/etc/postfix"):
                   "use the relay's submission port with TLS (587 or 465)")
         offered = (smtp.esmtp_features.get("auth") or "").upper().split()
         result["mechanisms_offered"] = offered
-        if tls:
+        if tls and level == "fingerprint":
+            _check_fingerprint(result, smtp.sock, conf)
+        elif tls and level not in DANE_LEVELS:
             _verify_cert(result, host, port, wrapper, conf, timeout, helo, level)
         # The password goes only where Postfix would send it: inside TLS, and
         # to a verified certificate when the level asks for verification.
-        trusted = tls and (result["tls"]["verified"] or level not in VERIFYING_LEVELS)
+        trusted = credentials_allowed(level, tls, (result["tls"] or {}).get("verified"))
+        if tls and level in DANE_LEVELS:
+            result["tls"]["verified"] = None
+            result["tls"]["verify_error"] = "not checked: probe does not look up DANE " \
+                                            "TLSA records (Postfix does)"
         if conf["smtp_sasl_auth_enable"] == "yes":
             _sasl(result, conf, smtp, offered, creds, secret, trusted, config_dir)
     result["ok"] = not result.get("diagnosis")
@@ -379,8 +386,88 @@ def _sasl(result, conf, smtp, offered, creds, secret, trusted, config_dir):  # n
 
 
 def _not_sent(result):
-    result["credentials"].update(
-        checked=False, reason="not sent: no TLS, or a certificate that does not verify")
+    if result.get("tls_level") in DANE_LEVELS and result.get("tls"):
+        reason = "not sent: probe does not check the relay's DANE TLSA records"
+    else:
+        reason = "not sent: no TLS, or a certificate that does not verify"
+    result["credentials"].update(checked=False, reason=reason)
+
+
+def credentials_allowed(level, tls, verified):
+    """
+    Whether probe may send the credentials in a session as Postfix would:
+    inside TLS only; at verify, secure and fingerprint only to a certificate
+    that passed; never at dane/dane-only, whose TLSA check probe does not do.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay.credentials_allowed fingerprint True True
+    """
+    if not tls or level in DANE_LEVELS:
+        return False
+    return bool(verified) if level in VERIFYING_LEVELS else True
+
+
+def cert_fingerprints(der, digest="sha256"):
+    """
+    The certificate's and its public key's fingerprints as Postfix logs them
+    (hex pairs with colons): the digest of the DER certificate and of its DER
+    SubjectPublicKeyInfo.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay.cert_fingerprints "$(cat cert.der)" sha256
+    """
+    from cryptography import x509  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives import serialization  # pylint: disable=C0415
+
+    spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def pairs(data):
+        hexa = hashlib.new(digest, data).hexdigest().upper()
+        return ":".join(hexa[i:i + 2] for i in range(0, len(hexa), 2))
+    return {"certificate": pairs(der), "public_key": pairs(spki)}
+
+
+def fingerprint_matches(der, digest, cert_match):
+    """
+    True when the certificate or its public key has a fingerprint listed in
+    ``cert_match`` (smtp_tls_fingerprint_cert_match: separated by commas or
+    spaces, colons optional, any case), as Postfix's fingerprint level checks.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay.fingerprint_matches "$(cat cert.der)" sha256 'AB:CD:...'
+    """
+    listed = {item.replace(":", "").lower()
+              for item in re.split(r"[\s,|]+", cert_match or "") if item}
+    found = cert_fingerprints(der, digest)
+    return any(fp.replace(":", "").lower() in listed for fp in found.values())
+
+
+def _check_fingerprint(result, sock, conf):
+    """tls fingerprint: the certificate or public key must be listed, as
+    Postfix checks it (no CA, no name, no expiry)."""
+    digest = conf["smtp_tls_fingerprint_digest"] or "sha256"
+    der = sock.getpeercert(binary_form=True)
+    result["tls"]["fingerprints"] = {digest: cert_fingerprints(der, digest)}
+    result["tls"]["verified"] = fingerprint_matches(
+        der, digest, conf["smtp_tls_fingerprint_cert_match"])
+    if not result["tls"]["verified"]:
+        result["tls"]["verify_error"] = "fingerprint not in smtp_tls_fingerprint_cert_match"
+        _diag(result, f"the relay's certificate and public-key {digest} fingerprints "
+              f"({result['tls']['fingerprints'][digest]['certificate']}) are not in "
+              "smtp_tls_fingerprint_cert_match: with smtp_tls_security_level = fingerprint "
+              "Postfix defers all mail",
+              f"set relay:fingerprints to the relay's {digest} fingerprint (check it "
+              "with the relay's operator first)")
 
 
 def _xoauth2_conf():
@@ -480,6 +567,7 @@ def _xoauth2_rejected(check, username):
 
 
 VERIFYING_LEVELS = ("verify", "secure", "dane", "dane-only", "fingerprint")
+DANE_LEVELS = ("dane", "dane-only")
 
 
 def _verify_cert(result, host, port, wrapper, conf, timeout, helo, level):

@@ -57,7 +57,7 @@ def test_table_text_round_trips_and_folds_keys():
     assert text == "[Smtp.Example.net]:587 user:pw with space\nroot me\n"
     assert postmap.parse(text + "# comment\n\nlong first\n  second\n") == [
         ("[Smtp.Example.net]:587", "user:pw with space"), ("root", "me"),
-        ("long", "first second")]
+        ("long", "first  second")]  # as `postmap -q` reads it: newline dropped
     assert postmap.entry_changes([("a", "1"), ("b", "2")], [("A", "9"), ("c", "3")], True) == \
         {"added": ["c"], "removed": ["b"], "changed": ["a"]}
 
