@@ -59,7 +59,7 @@ _DNS_NAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 # RFC 5322 atext without `$` (Postfix macro expansion) and `{}` (Postfix list
 # grouping): safe to print inside a main.cf value or a table.
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#%&'*+/=?^_`|~-]+(\.[A-Za-z0-9!#%&'*+/=?^_`|~-]+)*$")
-_PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_PARAM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # smtp_tls_CAfile has capitals
 _MECHANISM = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FINGERPRINT = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})*$|^([0-9A-Fa-f]{2})+$")
@@ -391,7 +391,7 @@ def extra_params(value):
     for name, item in value.items():
         if not isinstance(name, str) or not _PARAM_NAME.match(name):
             _fail(f"main_cf:{name}", "is not a main.cf parameter name "
-                  "(lower-case letters, digits and '_', no '=' or spaces)")
+                  "(letters, digits and '_', no '=' or spaces)")
         if name in FORBIDDEN_EXTRA:
             _fail(f"main_cf:{name}", f"is refused: {FORBIDDEN_EXTRA[name]}")
         params[name] = extra_value(f"main_cf:{name}", item)
@@ -775,7 +775,7 @@ def expand_param(params, name, config_dir="/etc/postfix"):
     .. code-block:: bash
 
         salt-call postfix_relay_settings.expand_param \
-            '{"default_database_type": "$default_cache_db_type"}' default_database_type
+            '{"default_database_type": "lmdb"}' default_database_type
     """
     text = __salt__["postfix_control.render_main_cf"](
         __salt__["postfix_control.complete_params"](params, config_dir))

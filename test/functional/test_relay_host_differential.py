@@ -20,6 +20,7 @@ type, `postmap -q` through that very spec must find the entry.
 """
 
 import ctypes
+import hashlib
 import ipaddress
 import os
 import socket
@@ -235,3 +236,58 @@ def test_password_table_is_built_with_the_type_main_cf_gives_it(
                            capture_output=True, text=True, check=False)
     assert (found.returncode, found.stdout.strip()) == (0, "u:p w"), found.stderr
     assert spec == f"{got['map_type']}:{table}"
+
+
+# --- probe at the TLS levels that never send in clear --------------------------
+
+@pytest.fixture
+def relay():
+    from relay import Relay  # pylint: disable=import-outside-toplevel
+
+    with Relay(tls="starttls", mechanisms=("PLAIN", "LOGIN"), users={"u": "S3cr3t-pw"}) as running:
+        yield running
+
+
+def relay_fingerprint(relay):
+    from cryptography import x509  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives import serialization  # pylint: disable=C0415
+
+    with open(relay.certs["cert"], "rb") as handle:
+        cert = x509.load_pem_x509_certificate(handle.read())
+    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+@pytest.mark.parametrize("level, match, sent", [
+    ("fingerprint", "relay", True),
+    ("fingerprint", "other", False),
+    ("dane-only", None, False),
+    ("encrypt", None, True),
+])
+def test_probe_sends_credentials_only_where_postfix_would(loaders, tmp_path, relay,
+                                                          level, match, sent):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    fingerprint = relay_fingerprint(relay) if match == "relay" else ":".join(["ab"] * 32)
+    got = loaders.modules.postfix_relay_settings.get(
+        # the relay's CA and a name its certificate carries: a CA check passes, so
+        # only the level's own rule can keep the password back
+        pillar={"domain": "example.org", "recipient": "me@example.org",
+                "main_cf": {"smtp_tls_CAfile": relay.ca_file},
+                "relay": {"host": "localhost", "port": relay.port, "username": "u",
+                          "password": "S3cr3t-pw", "tls": level,
+                          **({"fingerprints": [fingerprint]} if match else {})}},
+        lookup={"config_dir": str(conf)}, show_secrets=True)
+    os.makedirs(conf / "sasl")
+    assert loaders.states.postmap.managed(name=got["tables"]["password"],
+                                          entries=got["password_entries"],
+                                          map_type=got["map_type"],
+                                          config_dir=str(conf)).result is True
+    (conf / "main.cf").write_text(loaders.modules.postfix_control.render_main_cf(
+        loaders.modules.postfix_control.complete_params(got["main_cf"], str(conf))))
+    result = loaders.modules.postfix_relay.probe(config_dir=str(conf), timeout=5)
+    assert bool(relay.auth_attempts) is sent, result
+    assert result["credentials"].get("checked", False) is sent, result
+    if sent:
+        assert relay.auth_attempts[0]["tls"] and relay.auth_attempts[0]["success"]
+    assert "S3cr3t" not in str(result)

@@ -292,3 +292,9 @@ def test_state_functions_read_the_states_environment():
     fake = FakeSalt(settings)
     settings.password_entries(saltenv="qa")
     assert set(fake.asked) == {"qa"}
+
+
+def test_main_cf_parameter_names_with_capitals_are_postfix_names():
+    # smtp_tls_CAfile, smtp_tls_CApath: Postfix's names are not all lower case
+    cf = run(main_cf={"smtp_tls_CAfile": "/etc/ssl/relay-ca.pem"})["main_cf"]
+    assert cf["smtp_tls_CAfile"] == "/etc/ssl/relay-ca.pem"
