@@ -102,12 +102,17 @@ def render(opts, pillar, sls, keep=None, saltenv="base"):
         finally:
             highstate.pop_active()
         errors += highstate.state.verify_high(high)
-        chunks, compile_errors = highstate.state.compile_high_data(high)
+        chunks, compile_errors = with_errors(highstate.state.compile_high_data(high))
         # Salt's own requisite resolution: a missing target or a cycle is an error
-        chunks_ordered, order_errors = highstate.state.order_chunks(chunks)
+        chunks_ordered, order_errors = with_errors(highstate.state.order_chunks(chunks))
         if keep is not None:
             keep.update(state=highstate.state, chunks=chunks_ordered)
     return texts, high, chunks, errors + compile_errors + order_errors
+
+
+def with_errors(answer):
+    """Salt 3008 answers (chunks, errors); 3006 and 3007 the chunks alone."""
+    return answer if isinstance(answer, tuple) else (answer, [])
 
 
 def state_args(texts):
@@ -173,28 +178,52 @@ def test_oauth2_pillar_renders_the_xoauth2_states(loaders, private_conf):
     assert "postfix-relay-config-xoauth2-token" in high
 
 
-def watched_by_service(loaders, private_conf, pillar_name):
-    """What postfix-relay-service-running watches, resolved by Salt's own
-    dependency graph, as mod_watch receives it (``__reqs__``)."""
-    keep = {}
-    _, _, _, errors = render(loaders.opts, full_pillar(pillar_name, private_conf),
-                             "postfix_relay", keep)
-    assert errors == []
-    service, = (c for c in keep["chunks"] if c["__id__"] == "postfix-relay-service-running")
-    reqs = {}
-    for kind, chunk in keep["state"].dependency_dag.get_dependencies(service):
-        reqs.setdefault(kind, []).append(chunk)
-    return reqs, keep["chunks"]
+RENDERED = {}  # pillar name: the State and its ordered chunks (this module's pillars)
 
 
-def test_service_watches_every_config_state(loaders, private_conf):
+def tag_of(chunk):
+    return f"{chunk['state']}_|-{chunk['__id__']}_|-{chunk['name']}_|-{chunk['fun']}"
+
+
+def salt_decides(loaders, private_conf, pillar_name, changed_id, changes):
+    """What Salt's own requisite check says for postfix-relay-service-running
+    when every other state ran and only changed_id changed: its status
+    ("change": mod_watch runs), the ``__reqs__`` and ``__running__`` that
+    mod_watch then receives."""
+    if pillar_name not in RENDERED:  # one render per pillar: Postfix checks each
+        keep = {}
+        _, _, _, errors = render(loaders.opts, full_pillar(pillar_name, private_conf),
+                                 "postfix_relay", keep)
+        assert errors == []
+        RENDERED[pillar_name] = keep
+    state, chunks = RENDERED[pillar_name]["state"], RENDERED[pillar_name]["chunks"]
+    service, = (c for c in chunks if c["__id__"] == "postfix-relay-service-running")
+    assert any(c["__id__"] == changed_id for c in chunks), changed_id
+    running = {
+        tag_of(c): {"result": True, "comment": "", "name": c["name"], "__id__": c["__id__"],
+                    "__sls__": c["__sls__"], "__run_num__": number,
+                    "changes": changes if c["__id__"] == changed_id else {}}
+        for number, c in enumerate(chunks) if c is not service}
+    if hasattr(state, "check_requisite"):  # Salt 3006, 3007
+        status, reqs = state.check_requisite(service, running, chunks)
+    else:
+        status, reqs = state._check_requisites(service, running)  # pylint: disable=W0212
+    return status, reqs, running
+
+
+def config_ids(loaders, private_conf, pillar_name):
+    salt_decides(loaders, private_conf, pillar_name, "postfix-relay-config-main-cf", {})
+    return sorted(c["__id__"] for c in RENDERED[pillar_name]["chunks"]
+                  if c["__sls__"] == "postfix_relay.config")
+
+
+@pytest.mark.parametrize("pillar_name", ["oauth2", "password"])
+def test_service_watches_every_config_state(loaders, private_conf, pillar_name):
     """A new config state needs no edit of service.sls to reload Postfix."""
-    for pillar_name in ("oauth2", "password"):
-        reqs, chunks = watched_by_service(loaders, private_conf, pillar_name)
-        watched = {c["__id__"] for kind, cs in reqs.items()
-                   if getattr(kind, "value", kind) == "watch" for c in cs}
-        config = {c["__id__"] for c in chunks if c["__sls__"] == "postfix_relay.config"}
-        assert config - watched == set(), f"{pillar_name}: not watched by the service"
+    for state_id in config_ids(loaders, private_conf, pillar_name):
+        status, _, _ = salt_decides(loaders, private_conf, pillar_name, state_id,
+                                    {"changed": True})
+        assert status == "change", f"{pillar_name}: {state_id} is not watched by the service"
 
 
 @pytest.mark.parametrize(("state_id", "changes", "action"), [
@@ -210,16 +239,12 @@ def test_service_watches_every_config_state(loaders, private_conf):
 ])
 def test_service_restarts_or_reloads_for_what_changed(loaders, private_conf, state_id,
                                                       changes, action):
-    """mod_watch's decision, fed with the requisites Salt resolves for
-    service.sls and one changed state."""
-    reqs, chunks = watched_by_service(loaders, private_conf, "oauth2")
-    chunk, = (c for c in chunks if c["__id__"] == state_id)
-    assert any(c is chunk or c == chunk for cs in reqs.values() for c in cs), \
-        f"{state_id} is not watched by the service"
-    tag = f"{chunk['state']}_|-{chunk['__id__']}_|-{chunk['name']}_|-{chunk['fun']}"
+    """mod_watch's decision, fed as Salt feeds it for service.sls."""
+    status, reqs, running = salt_decides(loaders, private_conf, "oauth2", state_id, changes)
+    assert status == "change", f"{state_id} is not watched by the service"
     states = load_module("_states/postfix_control.py")
     states.__low__ = {"__reqs__": reqs}
-    states.__running__ = {tag: {"changes": changes, "result": True}}
+    states.__running__ = running
     states.__salt__ = {"postfix_control.needs_restart":
                        loaders.modules.postfix_control.needs_restart}
     assert states._watched_action() == action  # pylint: disable=protected-access
