@@ -84,17 +84,13 @@ def redact(text, values):
 def _run(argv):
     """Run a Postfix command; a missing binary is one clear error."""
     try:
-        res = __salt__["cmd.run_all"](argv, python_shell=False, ignore_retcode=True,
-                                      output_loglevel="quiet", rstrip=False)
-    except CommandExecutionError as exc:
+        return __salt__["cmd.run_all"](argv, python_shell=False, ignore_retcode=True,
+                                       output_loglevel="quiet", rstrip=False)
+    except CommandExecutionError:
+        # Salt's message holds the whole context; ours names the fix.
         raise CommandExecutionError(
             f"{argv[0]} is not installed or cannot run: install Postfix "
-            "(the postfix package) first") from exc
-    if res["retcode"] == 127 or ("not found" in res["stderr"] and not res["stdout"]
-                                 and res["pid"] is None):
-        raise CommandExecutionError(
-            f"{argv[0]} is not installed: install Postfix (the postfix package) first")
-    return res
+            "(the postfix package) first") from None
 
 
 def normalize_mode(mode, default=0o600):
