@@ -94,6 +94,14 @@ def test_main_cf_state_under_test_writes_nothing(loaders, layout):
     assert ret.result is None, ret.comment
     assert "relayhost" in ret.changes
     assert tree(layout["root"]) == before
+    control = loaders.modules.postfix_control
+    text = control.render_main_cf(control.complete_params(params_for(layout),
+                                                          str(layout["conf"])))
+    (layout["conf"] / "main.cf").write_text(text)
+    ret = loaders.states.postfix_control.main_cf(
+        name=str(layout["conf"] / "main.cf"), params=params_for(layout),
+        config_dir=str(layout["conf"]), test=True)
+    assert (ret.result, ret.changes) == (True, {}), ret.comment
 
 
 
