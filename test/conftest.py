@@ -1,4 +1,6 @@
-"""Root conftest: makes test/ importable (relay.py, helpers.py) for every suite."""
+"""Root conftest: makes test/ importable (relay.py, helpers.py) for every suite,
+and stops a run in one line when a collected suite needs a command or venv
+that is not there (instead of one traceback per test)."""
 
 import logging
 import os
@@ -9,10 +11,24 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+from setup_check import PREREQUISITES, TEST_DIR, missing_prerequisite, suite_commands  # noqa: E402
+
 # test/testinfra checks a host the formula was applied to with a given pillar
 # (kitchen's verifier, or test_kitchen_suites.py after applying it): not a suite
 # of its own.
 collect_ignore = [] if os.environ.get("POSTFIX_RELAY_PILLAR") else ["testinfra"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Check once, before any test runs, what the collected suites need."""
+    suites = set()
+    for item in items:
+        relative = pathlib.Path(str(item.path)).resolve().relative_to(TEST_DIR)
+        if len(relative.parts) > 1:
+            suites.add(relative.parts[0])
+    problem = missing_prerequisite(suites, suite_commands(PREREQUISITES.read_text()))
+    if problem:
+        pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
