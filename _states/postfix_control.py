@@ -19,6 +19,7 @@ decide and report. ``running`` works with and without an init system: where
 none runs (Salt reports "OFFLINE mode"), it drives ``postfix start|reload``.
 """
 
+import fnmatch
 from collections.abc import Mapping
 
 __virtualname__ = "postfix_control"
@@ -174,6 +175,11 @@ def running(name="postfix", enable=True, config_dir="/etc/postfix", prestart=Non
             ret["result"] = None
             enabled = "; it would be enabled at boot"
         ret["comment"] = f"Postfix is running{enabled}{ret['comment']}"
+        # Salt calls mod_watch only when this state reports no changes: with
+        # "enabled" reported, the watched changes are acted on here.
+        watched = _watched_changes() if ret["changes"] else {}
+        if watched:
+            _reload_or_restart(ret, _watched_action(watched), config_dir, prestart)
         return ret
     ret["changes"]["running"] = True
     if __opts__["test"]:
@@ -210,46 +216,70 @@ def _flush(ret, config_dir):
         ret["comment"] += f"; {waiting} deferred message(s) {would}retried"
 
 
-def _watched_changes():
-    """All changes of the states this one watches (from the running state data)."""
+def _changes_of(match):
+    """The changes of the states in the running data that match(tag, result)."""
     changes = {}
-    reqs = __low__.get("__reqs__") or {}
-    # Salt 3008 keys these by a RequisiteType enum, older releases by "watch".
-    watched = [chunk for kind, chunks in reqs.items()
-               if getattr(kind, "value", kind) == "watch" for chunk in chunks]
-    for req in watched:
-        for tag, result in __running__.items():
-            # Salt hands these over as read-only mappings, not dicts.
-            if f"_|-{req['__id__']}_|-" in tag and isinstance(result.get("changes"), Mapping):
-                changes.update(result["changes"])
+    for tag, result in __running__.items():
+        # Salt hands these over as read-only mappings, not dicts.
+        if match(tag, result) and isinstance(result.get("changes"), Mapping):
+            changes.update(result["changes"])
     return changes
 
 
-def _watched_action():
+def _declared_watch(tag, result):
+    """True for a result this state's own ``watch`` list names: by SLS, or by
+    state module and ID or name (as Salt matches them)."""
+    for req in __low__.get("watch") or []:
+        for kind, ref in req.items() if isinstance(req, Mapping) else ():
+            if kind == "sls" and fnmatch.fnmatch(str(result.get("__sls__")), str(ref)):
+                return True
+            if tag.startswith(f"{kind}_|-") and ref in (result.get("__id__"), result.get("name")):
+                return True
+    return False
+
+
+def _watched_changes():
+    """All changes of the states this one watches: those Salt resolved
+    (``__reqs__``, given to mod_watch), else those its ``watch`` list names."""
+    if "__reqs__" not in __low__:
+        return _changes_of(_declared_watch)
+    reqs = __low__.get("__reqs__") or {}
+    # Salt 3008 keys these by a RequisiteType enum, older releases by "watch".
+    ids = {chunk["__id__"] for kind, chunks in reqs.items()
+           if getattr(kind, "value", kind) == "watch" for chunk in chunks}
+    return _changes_of(lambda tag, _: any(f"_|-{id_}_|-" in tag for id_ in ids))
+
+
+def _watched_action(changes):
     """restart when the listener or inet_interfaces/inet_protocols changed
     (a reload keeps the old sockets), else reload."""
-    changes = _watched_changes()
     if "smtpd_listener" in changes or __salt__["postfix_control.needs_restart"](changes):
         return "restart"
     return "reload"
 
 
+def _reload_or_restart(ret, action, config_dir, prestart):
+    """Reload or restart Postfix for watched changes (under test: say so),
+    then retry deferred mail."""
+    ret["changes"][action] = True
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["comment"] += f"; Postfix would {action}"
+    else:
+        try:
+            __salt__[f"postfix_control.{action}"](config_dir, prestart)
+        except Exception as exc:  # pylint: disable=broad-except
+            ret["changes"].pop(action)
+            ret["result"] = False
+            ret["comment"] += f"; Postfix {action} failed: {exc}"
+            return
+        ret["comment"] += "; Postfix restarted" if action == "restart" else "; Postfix reloaded"
+    _flush(ret, config_dir)
+
+
 def mod_watch(name, sfun=None, config_dir="/etc/postfix", prestart=None, **kwargs):
     """Reload (or restart for listener changes) after a watched state changed."""
     ret = _ret(name)
-    action = _watched_action()
-    restart = action == "restart"
-    if __opts__["test"]:
-        # only called when a watched state would change: Postfix would act
-        ret.update(result=None, changes={action: True}, comment=f"Postfix would {action}")
-        _flush(ret, config_dir)
-        return ret
-    try:
-        __salt__[f"postfix_control.{action}"](config_dir, prestart)
-    except Exception as exc:  # pylint: disable=broad-except
-        ret.update(result=False, comment=f"Postfix {action} failed: {exc}")
-        return ret
-    ret["changes"] = {action: True}
-    ret["comment"] = "Postfix restarted" if restart else "Postfix reloaded"
-    _flush(ret, config_dir)
+    _reload_or_restart(ret, _watched_action(_watched_changes()), config_dir, prestart)
+    ret["comment"] = ret["comment"].lstrip("; ")
     return ret

@@ -247,7 +247,7 @@ def test_service_restarts_or_reloads_for_what_changed(loaders, private_conf, sta
     states.__running__ = running
     states.__salt__ = {"postfix_control.needs_restart":
                        loaders.modules.postfix_control.needs_restart}
-    assert states._watched_action() == action  # pylint: disable=protected-access
+    assert states._watched_action(states._watched_changes()) == action  # pylint: disable=W0212
 
 
 def test_map_reads_the_formula_of_the_run_environment(loaders, private_conf, tmp_path):
@@ -268,3 +268,45 @@ def test_map_reads_the_formula_of_the_run_environment(loaders, private_conf, tmp
     assert errors == []
     args = high["postfix-relay-clean-main-cf"]["postfix_control"]
     assert {"dist_main_cf": "/dev-env/main.cf"} in args
+
+
+@pytest.mark.parametrize("test", [False, True])
+@pytest.mark.parametrize(("state_id", "changes", "action"), [
+    ("postfix-relay-config-main-cf", {"relayhost": {"old": None, "new": "[a.example]:587"}},
+     "reload"),
+    ("postfix-relay-config-smtpd-listener", {"smtpd_listener": {"old": True, "new": False}},
+     "restart"),
+])
+def test_enabling_at_boot_keeps_the_reload(loaders, private_conf, state_id, changes, action,
+                                          test):
+    """Salt calls mod_watch only when the watching state itself reports no
+    changes (State.call_chunk): when running enables Postfix at boot in the
+    same run, it reloads (or restarts) for the watched change itself."""
+    status, _, running = salt_decides(loaders, private_conf, "password", state_id, changes)
+    assert status == "change"
+    service, = (c for c in RENDERED["password"]["chunks"]
+                if c["__id__"] == "postfix-relay-service-running")
+    done = []
+
+    def act(what):
+        def run(*args, **kwargs):
+            assert not test, f"{what} ran under test=True"
+            done.append(what)
+            return 0 if what == "flush" else True
+        return run
+
+    states = load_module("_states/postfix_control.py")
+    states.__salt__ = {
+        **{f"postfix_control.{what}": act(what) for what in
+           ("enable", "reload", "restart", "start", "flush")},
+        "postfix_control.status": lambda config_dir: True,
+        "postfix_control.enabled": lambda: False,
+        "postfix_control.deferred_count": lambda config_dir: 0,
+        "postfix_control.needs_restart": loaders.modules.postfix_control.needs_restart}
+    states.__opts__ = {"test": test}
+    states.__low__ = dict(service)
+    states.__running__ = running
+    ret = states.running(name="postfix", config_dir=private_conf["conf"])
+    assert ret["changes"] == {"enabled": True, action: True}, ret["comment"]
+    assert ret["result"] is (None if test else True)
+    assert done == ([] if test else ["enable", action, "flush"])

@@ -87,3 +87,22 @@ def test_mod_watch_dry_run_reports_the_reload_or_restart(changes, action, deferr
     real = states_for(dict(host), test=False, low=low, running=running).mod_watch(
         name="postfix", sfun="running")
     assert (real["result"], real["changes"]) == (True, expected), real["comment"]
+
+
+@pytest.mark.parametrize("test", [True, False])
+@pytest.mark.parametrize(("changed_id", "expected"), [
+    ("postfix-relay-clean-main-cf", {"enabled": True, "reload": True}),
+    ("postfix-relay-clean-aliases", {"enabled": True}),  # not watched
+])
+def test_running_that_enables_acts_on_watch_by_id(test, changed_id, expected):
+    """clean.sls watches by state ID: enabling at boot in the same run (Salt
+    then skips mod_watch) still reloads for a watched change, and only then."""
+    tag = f"postfix_control_|-{changed_id}_|-/etc/postfix/main.cf_|-main_cf_restored"
+    running = {tag: {"__id__": changed_id, "name": "/etc/postfix/main.cf",
+                     "__sls__": "postfix_relay.clean", "changes": {"main.cf": "restored"}}}
+    low = {"watch": [{"postfix_control": "postfix-relay-clean-main-cf"},
+                     {"postfix_control": "postfix-relay-clean-smtpd-listener"}]}
+    host = {"running": True, "enabled": False, "deferred": 0}
+    ret = states_for(host, test=test, low=low, running=running).running(name="postfix")
+    assert ret["changes"] == expected, ret["comment"]
+    assert ret["result"] is (None if test else True)
