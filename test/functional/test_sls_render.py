@@ -19,7 +19,9 @@ import salt.state
 import yaml
 
 from helpers import REPO, load_module
-from test_dry_run import MASTER_CF
+
+MASTER_CF = next(p for p in ("/etc/postfix/master.cf", "/usr/share/postfix/master.cf.dist")
+                 if os.path.exists(p))
 
 REQUISITES = ("require", "watch", "onchanges", "onfail", "prereq", "use", "listen")
 BASE = {"domain": "example.org", "recipient": "me@example.org"}
