@@ -3,9 +3,17 @@ Debian trees for tests: debootstrap from Debian's mirror, the pinned Salt in a
 venv inside (pip from PyPI), the formula as a file root, and a way to run
 commands in the tree as its own host (private mount and UTS namespaces with
 /proc, /dev and /run of its own, chrooted; the network is the machine's).
+
+debootstrap and pip run once per key (suite, architecture, packages, Salt pin,
+preparation step): the pristine tree is kept in /var/cache/postfix_relay-tests
+and each test session works on its own copy.
 """
 
+import fcntl
+import hashlib
+import inspect
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -17,6 +25,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ["postfix", "libsasl2-modules", "gcc", "libc6-dev", "ca-certificates",
                  "procps"]
+DEFAULT_CACHE = "/var/cache/postfix_relay-tests"
+TREE_FORMAT = 1  # bump when make_tree() changes what a tree holds
 
 
 def salt_version():
@@ -67,7 +77,69 @@ class Chroot:
         path.chmod(0o600)
 
 
-def build(root, suite, hostname, python="python3", packages=()):
+def build(root, suite, hostname, python="python3", packages=(), prepare=None):
+    """A fresh Debian tree at root for one test session: a copy of the cached
+    pristine tree (debootstrap and Salt, built once per key), then this
+    machine's resolver, the host name and the formula."""
+    tree = pristine(suite, python, packages, prepare)
+    # cp keeps device nodes, owners and hard links; --reflink shares blocks where it can.
+    res = subprocess.run(["cp", "-a", "--reflink=auto", str(tree), str(root)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, f"copying {tree}: {res.stderr[-2000:]}"
+    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    with open(root / "etc/hosts", "a") as hosts:
+        hosts.write(f"127.0.1.1 {hostname}.example.org {hostname}\n")
+    install_formula(root)
+    return Chroot(root, hostname)
+
+
+def cache_dir():
+    """Where pristine trees are kept, outside the checkout (set
+    POSTFIX_RELAY_TEST_CACHE to move it; delete it to force a rebuild)."""
+    return pathlib.Path(os.environ.get("POSTFIX_RELAY_TEST_CACHE", DEFAULT_CACHE))
+
+
+def tree_key(suite, python, packages, prepare=None):
+    """suite-arch-digest: the digest covers everything a tree is made from,
+    so a changed package list, Salt pin or preparation step builds a new one."""
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    material = json.dumps({
+        "format": TREE_FORMAT, "suite": suite, "arch": arch, "mirror": MIRROR,
+        "python": python, "packages": sorted({*BASE_PACKAGES, *packages}),
+        "requirements": hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest(),
+        "prepare": inspect.getsource(prepare) if prepare else None,
+    }, sort_keys=True)
+    return f"{suite}-{arch}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
+
+
+def pristine(suite, python="python3", packages=(), prepare=None):
+    """The cached tree for this key, built first if absent (one builder at a
+    time per key; a half-built tree is never used)."""
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    key = tree_key(suite, python, packages, prepare)
+    tree = cache / key
+    with open(cache / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not tree.is_dir():
+            building = cache / f"{key}.building"
+            shutil.rmtree(building, ignore_errors=True)
+            make_tree(building, suite, python, packages, prepare)
+            building.rename(tree)
+            prune(cache, suite, keep=key)
+    return tree
+
+
+def prune(cache, suite, keep):
+    """Trees of this suite made from older inputs: nothing will use them again."""
+    for old in cache.glob(f"{suite}-*"):
+        if old.name != keep and old.is_dir() and not old.name.endswith(".building"):
+            shutil.rmtree(old, ignore_errors=True)
+            old.with_name(old.name + ".lock").unlink(missing_ok=True)
+
+
+def make_tree(root, suite, python, packages, prepare):
     """debootstrap suite into root, then the pinned Salt in /opt/salt."""
     python_pkgs = [python, f"{python}-venv", f"{python}-dev"]
     res = subprocess.run(
@@ -75,19 +147,19 @@ def build(root, suite, hostname, python="python3", packages=()):
          f"--include={','.join(BASE_PACKAGES + python_pkgs + list(packages))}",
          suite, str(root), MIRROR], capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    chroot = Chroot(root, hostname)
+    chroot = Chroot(root, suite)
     # This machine's CA bundle: PyPI may be reached through a TLS proxy it trusts.
     shutil.copy("/etc/ssl/certs/ca-certificates.crt", root / "tmp/host-ca.crt")
     shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
     shutil.copy(REPO / "requirements.txt", root / "tmp/requirements.txt")
     chroot.run(python, "-m", "venv", "/opt/salt")
     chroot.run("/opt/salt/bin/pip", "install", "-q", "--disable-pip-version-check",
-               "-c", "/tmp/requirements.txt", f"salt=={salt_version()}",
+               "--no-cache-dir", "-c", "/tmp/requirements.txt", f"salt=={salt_version()}",
                env={"SSL_CERT_FILE": "/tmp/host-ca.crt"}, timeout=1200)
-    with open(root / "etc/hosts", "a") as hosts:
-        hosts.write(f"127.0.1.1 {hostname}.example.org {hostname}\n")
-    install_formula(root)
-    return chroot
+    for name in ("host-ca.crt", "requirements.txt"):
+        (root / "tmp" / name).unlink()
+    if prepare:
+        prepare(chroot)
 
 
 def install_formula(root):
