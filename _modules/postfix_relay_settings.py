@@ -428,7 +428,11 @@ def table_type(value, params, extra, host):
               f"(postconf -m lists: {', '.join(supported)})")
     if name:
         return name, True
-    return host.get("default_database_type") or None, False
+    default = host.get("default_database_type") or None
+    if default and "$" in default:  # a build whose default depends on other values
+        default = host["expand"](params, "default_database_type") if host.get("expand") \
+            else None
+    return default, False
 
 
 def _credentials(relay, host, rhost, rport):

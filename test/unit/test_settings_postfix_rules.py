@@ -298,3 +298,10 @@ def test_main_cf_parameter_names_with_capitals_are_postfix_names():
     # smtp_tls_CAfile, smtp_tls_CApath: Postfix's names are not all lower case
     cf = run(main_cf={"smtp_tls_CAfile": "/etc/ssl/relay-ca.pem"})["main_cf"]
     assert cf["smtp_tls_CAfile"] == "/etc/ssl/relay-ca.pem"
+
+
+def test_a_build_default_with_macros_is_expanded_or_left_to_postfix():
+    macro = "${{$compatibility_level} <level {3.11} ? {hash} : {cdb}}"
+    facts = {**HOST, "default_database_type": macro}
+    assert run(facts=facts)["map_type"] is None  # main.cf: ${default_database_type}
+    assert run(facts={**facts, "expand": lambda params, name: "hash"})["map_type"] == "hash"
