@@ -27,6 +27,7 @@ import os
 import pwd
 import re
 import stat
+import struct
 import tempfile
 
 import salt.utils.files
@@ -43,8 +44,8 @@ INDEXED = {
     "dbm": (".dir", ".pag"),
     "sdbm": (".dir", ".pag"),
 }
-# Types that postmap -s can list (sequence operation).
-DUMPABLE = {"hash", "btree", "lmdb", "dbm", "sdbm"}
+# Types that postmap -s can list (sequence operation); cdb is read directly.
+DUMPABLE = {"hash", "btree", "lmdb", "dbm", "sdbm", "cdb"}
 PACKAGES = {  # Debian packages of the dynamically loaded types
     "lmdb": "postfix-lmdb", "cdb": "postfix-cdb", "pcre": "postfix-pcre",
     "ldap": "postfix-ldap", "mysql": "postfix-mysql", "pgsql": "postfix-pgsql",
@@ -478,6 +479,8 @@ def dump(path, map_type=None, config_dir="/etc/postfix"):
         salt-call postmap.dump /etc/postfix/virtual hash
     """
     map_type = map_type or default_type(config_dir)
+    if map_type == "cdb":  # postmap -s cannot list cdb
+        return _cdb_dump(path + ".cdb")
     with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
         res = _run(["postmap", "-c", conf, "-s", f"{map_type}:{path}"])
     if res["retcode"]:
@@ -487,6 +490,29 @@ def dump(path, map_type=None, config_dir="/etc/postfix"):
     for line in res["stdout"].split("\n")[:-1]:
         key, _, value = line.partition("\t")
         out[key] = value
+    return out
+
+
+def _cdb_dump(path):
+    """The records of a cdb file in order, first of a key kept (as a lookup
+    finds it): a 2048-byte header whose first table position ends the records,
+    then (key length, value length, key, value) records, little-endian."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        end, pos, out = struct.unpack_from("<I", data, 0)[0], 2048, {}
+        if not 2048 <= end <= len(data):
+            raise ValueError("bad header")
+        while pos < end:
+            klen, vlen = struct.unpack_from("<II", data, pos)
+            record = data[pos + 8:pos + 8 + klen + vlen]
+            if len(record) != klen + vlen or pos + 8 + klen + vlen > end:
+                raise ValueError("bad record")
+            key = record[:klen].decode("utf-8", errors="replace")
+            out.setdefault(key, record[klen:].decode("utf-8", errors="replace"))
+            pos += 8 + klen + vlen
+    except (OSError, ValueError, struct.error):
+        raise CommandExecutionError(f"cannot read cdb:{path[:-4]}") from None
     return out
 
 

@@ -106,6 +106,7 @@ def test_parse_agrees_with_postmap(loaders, config_dir, workdir, text):
         firsts = {ln.split(None, 1)[0] for ln in text.split("\n") if ln.split()}
         for key in (set(ours) | {mod.fold(k) for k in firsts}) - {"-"}:  # -: stdin
             assert cdb_lookup(config_dir, path, key) == ours.get(key), key
+        assert mod.dump(path, "cdb", config_dir) == ours  # read without postmap -s
 
 
 # Values render() takes (no control character), and anything a pillar may hold.
