@@ -7,6 +7,10 @@ Library:
     with Relay(tls="starttls", mechanisms=("PLAIN", "LOGIN"), users={"u": "pw"}) as relay:
         ...; relay.wait_for(1); relay.messages[0]["auth_mechanism"]
 
+    Relay(host="::1")                                    # IPv6 loopback
+    Relay(port=465, tls="implicit")                      # the real submissions port
+    Relay(reject={"RCPT": "550 5.1.1 <x>: no such user"})  # permanent refusal
+
 Script (prints "ready port=N ca_file=PATH" when listening; stops on SIGTERM):
     python test/relay.py --port 2525 --tls starttls --user demo --password pw --store x.jsonl
 """
@@ -95,7 +99,8 @@ def _general_name(name):
 
 
 def free_port(host):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
@@ -156,14 +161,28 @@ class _Handler:
         if self.relay._should_drop():
             server.transport.close()
             return "421 4.3.0 flaky relay drops the connection"
+        refusal = self.relay._refuse("MAIL", address, envelope)
+        if refusal:
+            return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        refusal = self.relay._refuse("RCPT", address, envelope)
+        if refusal:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         if self.relay._should_drop():
             server.transport.close()
             return "421 4.3.0 flaky relay drops the connection"
+        refusal = self.relay._refuse("DATA", None, envelope)
+        if refusal:
+            return refusal
         self.relay._record(server, session, envelope)
         return "250 2.0.0 OK: queued"
 
@@ -174,9 +193,11 @@ class Relay:
     def __init__(self, host="127.0.0.1", port=0, tls="starttls", mechanisms=("PLAIN", "LOGIN"),
                  users=None, cert_dir=None, hostname="relay.test", auth_require_tls=True,
                  store=None, reject_all=False, flaky=0.0, seed=1, cert_names=None,
-                 xoauth2_check=None):
+                 xoauth2_check=None, reject=None):
         if tls not in ("starttls", "implicit", "none"):
             raise ValueError(f"tls must be starttls, implicit or none, not {tls!r}")
+        if set(reject or {}) - {"MAIL", "RCPT", "DATA"}:
+            raise ValueError(f"reject stages are MAIL, RCPT, DATA, not {sorted(reject)}")
         unknown = set(mechanisms) - set(ALL_MECHANISMS)
         if unknown:
             raise ValueError(f"unsupported mechanisms: {sorted(unknown)}")
@@ -192,6 +213,9 @@ class Relay:
         self.store = store
         self.reject_all = reject_all
         self.flaky = flaky
+        # stage (MAIL, RCPT, DATA) -> the reply that refuses it, e.g. "550 5.7.1 ..."
+        self.reject = dict(reject or {})
+        self.refusals = []  # every refused command: stage, reply, sender, address, data
         self._random = random.Random(seed)
         self._tmp = None
         self.cert_dir = cert_dir
@@ -208,7 +232,10 @@ class Relay:
             self._tmp = tempfile.mkdtemp(prefix="relay-certs.")
             self.cert_dir = self._tmp
         os.makedirs(self.cert_dir, exist_ok=True)
-        self.certs = make_certs(self.cert_dir, self.hostname, self.cert_names)
+        names = self.cert_names
+        if names is None and self.host not in ("127.0.0.1", "localhost"):
+            names = (self.hostname, "localhost", "127.0.0.1", self.host)  # e.g. ::1
+        self.certs = make_certs(self.cert_dir, self.hostname, names)
         self.ca_file = self.certs["ca"]
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.certs["cert"], self.certs["key"])
@@ -273,6 +300,7 @@ class Relay:
         with self._lock:
             self.messages.clear()
             self.auth_attempts.clear()
+            self.refusals.clear()
             self.dropped = 0
 
     # -- internals -------------------------------------------------------------
@@ -294,6 +322,20 @@ class Relay:
         with self._lock:
             self.auth_attempts.append({"mechanism": mechanism, "user": user,
                                        "success": ok, "tls": tls})
+
+    def _refuse(self, stage, address, envelope):
+        """The refusal configured for stage (noted in refusals), or None."""
+        reply = self.reject.get(stage)
+        if reply is None:
+            return None
+        content = envelope.content if stage == "DATA" else None
+        if isinstance(content, bytes):
+            content = content.decode("utf-8", errors="replace")
+        with self._lock:
+            self.refusals.append({"stage": stage, "reply": reply, "address": address,
+                                  "mail_from": envelope.mail_from, "data": content,
+                                  "at": time.time()})
+        return reply
 
     def _should_drop(self):
         with self._lock:
