@@ -18,6 +18,7 @@ import pathlib
 import shutil
 import subprocess
 import textwrap
+import time
 
 import yaml
 
@@ -27,6 +28,7 @@ BASE_PACKAGES = ["postfix", "libsasl2-modules", "gcc", "libc6-dev", "ca-certific
                  "procps"]
 DEFAULT_CACHE = "/var/cache/postfix_relay-tests"
 TREE_FORMAT = 1  # bump when make_tree() changes what a tree holds
+MAX_AGE_DAYS = 14
 
 
 def salt_version():
@@ -122,13 +124,21 @@ def pristine(suite, python="python3", packages=(), prepare=None):
     tree = cache / key
     with open(cache / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not tree.is_dir():
+        if not tree.is_dir() or expired(tree):
             building = cache / f"{key}.building"
             shutil.rmtree(building, ignore_errors=True)
             make_tree(building, suite, python, packages, prepare)
+            shutil.rmtree(tree, ignore_errors=True)
             building.rename(tree)
             prune(cache, suite, keep=key)
     return tree
+
+
+def expired(tree):
+    """A tree older than MAX_AGE_DAYS: Debian's mirror has moved on (unstable
+    drops the package versions its package lists name)."""
+    days = float(os.environ.get("POSTFIX_RELAY_TEST_CACHE_DAYS", MAX_AGE_DAYS))
+    return time.time() - tree.stat().st_mtime > days * 86400
 
 
 def prune(cache, suite, keep):
@@ -160,6 +170,7 @@ def make_tree(root, suite, python, packages, prepare):
         (root / "tmp" / name).unlink()
     if prepare:
         prepare(chroot)
+    os.utime(root)  # the tree's age, for expired(): nothing writes to its top after this
 
 
 def install_formula(root):
