@@ -538,13 +538,15 @@ def query(path, key, map_type=None, config_dir="/etc/postfix"):
 
 
 def in_sync(path, text, map_type=None, mode="0600", user="root", group="root",
-            config_dir="/etc/postfix"):
+            config_dir="/etc/postfix", stamp=True):
     """
     Whether a table matches the declared text; returns ``{"in_sync": bool,
     "source": [reasons], "compiled": [reasons], "stale": [files]}``. Source
     reasons need the source rewritten; compiled reasons need a rebuild; stale
     files are compiled files of another type to remove. Text without a final
     newline counts as if it had one; mode, user and group as in ``build``.
+    A table found in sync by comparing entries is stamped (in Salt's cache)
+    unless ``stamp`` is False (a dry run writes nothing).
 
     CLI Example:
 
@@ -572,7 +574,7 @@ def in_sync(path, text, map_type=None, mode="0600", user="root", group="root",
             source.append("source mode or owner differs")
     files = compiled_files(path, map_type)
     if files and not source:
-        compiled = _compiled_reasons(path, map_type, data, st, wanted, config_dir)
+        compiled = _compiled_reasons(path, map_type, data, st, wanted, config_dir, stamp)
     elif files:
         compiled = ["source changed"]
     stale = stale_files(path, map_type)
@@ -580,7 +582,7 @@ def in_sync(path, text, map_type=None, mode="0600", user="root", group="root",
             "compiled": compiled, "stale": stale}
 
 
-def _compiled_reasons(path, map_type, data, source_st, wanted, config_dir):
+def _compiled_reasons(path, map_type, data, source_st, wanted, config_dir, record):
     files = compiled_files(path, map_type)
     if any(not os.path.exists(f) for f in files):
         return ["compiled table missing"]
@@ -591,12 +593,12 @@ def _compiled_reasons(path, map_type, data, source_st, wanted, config_dir):
         return ["compiled table older than the source"]
     if any((stat.S_IMODE(s.st_mode), s.st_uid, s.st_gid) != wanted for s in stats):
         return ["compiled table mode or owner differs"]
-    stamp = _read_stamp(path)
+    found = _read_stamp(path)
     digest = hashlib.sha256(data).hexdigest()
-    if stamp == _stamp(digest, map_type, files):
+    if found == _stamp(digest, map_type, files):
         return []
-    if stamp and stamp.get("type") not in (None, map_type):
-        return [f"compiled table built as {stamp['type']}, declared {map_type}"]
+    if found and found.get("type") not in (None, map_type):
+        return [f"compiled table built as {found['type']}, declared {map_type}"]
     # No stamp of ours for these files: compare entry by entry.
     if map_type not in DUMPABLE:
         return ["compiled table not built by this state (cannot be listed: rebuilt)"]
@@ -607,7 +609,8 @@ def _compiled_reasons(path, map_type, data, source_st, wanted, config_dir):
     expected = {fold(k): v for k, v in parse(data.decode())}
     if entries != expected:
         return ["compiled table holds other entries than the source"]
-    _write_stamp(path, digest, map_type, files)
+    if record:
+        _write_stamp(path, digest, map_type, files)
     return []
 
 
@@ -651,7 +654,9 @@ def _compile(tmp, path, map_type, config_dir, secrets):
     with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
         res = _run(["postmap", "-c", conf, f"{map_type}:{tmp}"])
     if res["retcode"]:
-        detail = redact(res["stderr"].replace(tmp, path), secrets or [])
+        # Only the fatal lines: warnings quote table lines, values included.
+        fatal = [ln for ln in res["stderr"].splitlines() if "fatal:" in ln]
+        detail = redact("; ".join(fatal).replace(tmp, path), secrets or [])
         raise CommandExecutionError(f"postmap {map_type}:{path} failed: {detail.strip()}")
 
 

@@ -106,7 +106,9 @@ def _changes(name, text, state, mode, user, group, secret):
         if not changes:
             changes["source"] = "reformatted"
     if "source mode or owner differs" in state["source"]:
-        changes["mode"] = f"{mode} {user}:{group}"
+        shown = "kept" if mode is None else f"{mod['postmap.normalize_mode'](mode):04o}"
+        changes["mode"] = f"{shown} {'kept' if user is None else user}:" \
+                          f"{'kept' if group is None else group}"
     if state["compiled"] == ["source changed"]:
         changes["compiled"] = "rebuilt"
     elif state["compiled"]:
@@ -164,7 +166,8 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
         secrets = _secrets(entries, text) if secret else []
         map_type = map_type or mod["postmap.default_type"](config_dir)
         mod["postmap.check_type"](map_type, config_dir)
-        state = mod["postmap.in_sync"](name, text, map_type, mode, user, group, config_dir)
+        state = mod["postmap.in_sync"](name, text, map_type, mode, user, group, config_dir,
+                                       stamp=not __opts__["test"])
         changes = _changes(name, text, state, mode, user, group, secret)
     except Exception as exc:  # pylint: disable=broad-except
         return _fail(ret, exc, secrets)

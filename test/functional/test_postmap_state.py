@@ -442,3 +442,17 @@ def test_text_without_final_newline_is_in_sync(loaders, table_dir, config_dir):
     assert (table_dir / "virtual").read_text() == "root me@example.org\n"
     assert mod.in_sync(path, "root me@example.org", "hash", "0644",
                        config_dir=config_dir)["in_sync"] is True
+
+
+def test_dry_run_writes_no_stamp_and_removes_nothing(loaders, table_dir, config_dir,
+                                                     minion_opts):
+    path = table_dir / "passwd"
+    managed(loaders, path, config_dir, map_type="hash")
+    stamps = os.path.join(minion_opts["cachedir"], "postmap")
+    for name in os.listdir(stamps):
+        os.unlink(os.path.join(stamps, name))
+    (table_dir / "passwd.cdb").write_text("old")
+    ret = managed(loaders, path, config_dir, map_type="hash", test=True)
+    assert ret.result is None and ret.changes == {"removed_files": [f"{path}.cdb"]}
+    assert os.listdir(stamps) == [] and (table_dir / "passwd.cdb").exists()
+
