@@ -306,6 +306,11 @@ def render(entries):
         raise SaltInvocationError("entries must be a mapping of key to value")
     if not entries:
         return ""  # an empty table is legal: Postfix finds no key in it
+    nested = next((k for k, v in entries.items() if isinstance(v, (dict, list, tuple, set))),
+                  None)
+    if nested is not None:
+        raise SaltInvocationError(f"entries: the value of {str(nested)!r} is a mapping or "
+                                  "list: give a string")
     keys = [str(k) for k in entries]
     values = ["" if v is None else str(v) for v in entries.values()]
     if any(not k for k in keys):

@@ -66,16 +66,21 @@ def _text(entries, source, contents, saltenv):
     return text if text.endswith("\n") or not text else text + "\n"
 
 
-def _entries_from(function, saltenv):
+def _entries_from(function, entries, saltenv):
     """Call an entries_from function, with the run's saltenv when it takes one."""
-    func = __salt__[function]
+    if entries is not None:
+        raise ValueError("give exactly one of entries, source, contents or entries_from")
     try:
-        params = inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        params = {}
-    entries = func(saltenv=saltenv) if "saltenv" in params else func()
+        func = __salt__[function]
+        try:
+            params = inspect.signature(func).parameters
+        except (TypeError, ValueError):
+            params = {}
+        entries = func(saltenv=saltenv) if "saltenv" in params else func()
+    except Exception as exc:  # pylint: disable=broad-except
+        raise ValueError(f"entries_from {function}: {exc}") from None
     if not isinstance(entries, dict):
-        raise ValueError(f"{function} did not return a mapping of entries")
+        raise ValueError(f"entries_from {function} did not return a mapping of entries")
     return entries
 
 
@@ -142,10 +147,9 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
         As file.managed takes them: ``0600``, ``'0600'`` and ``600`` are all
         0600; names or numeric ids. None keeps the existing file's (a new
         file: 0600 root:root).
-    saltenv
-        For ``source`` and ``entries_from``; default: the run's environment.
-    secret
-        Never show values (changes list keys only).
+    saltenv / secret
+        For ``source`` and ``entries_from``, default: the run's environment /
+        never show values (changes list keys only).
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     mod = __salt__
@@ -153,14 +157,7 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
     secrets = []
     try:
         if entries_from is not None:
-            if entries is not None:
-                raise ValueError("give exactly one of entries, source, contents or "
-                                 "entries_from")
-            entries = _entries_from(entries_from, saltenv)
-    except Exception as exc:  # pylint: disable=broad-except
-        return _fail(ret, f"entries_from {entries_from}: {exc}",
-                     [str(v) for v in (entries or {}).values()] if secret else [])
-    try:
+            entries = _entries_from(entries_from, entries, saltenv)
         secrets = _secrets(entries, None) if secret else []
         text = _text(entries, source, contents, saltenv)
         secrets = _secrets(entries, text) if secret else []
@@ -171,21 +168,20 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
         changes = _changes(name, text, state, mode, user, group, secret)
     except Exception as exc:  # pylint: disable=broad-except
         return _fail(ret, exc, secrets)
-    empty = " (empty)" if not text else ""
+    table = f"Table {map_type}:{name}" + (" (empty)" if not text else "")
     if state["in_sync"]:
-        ret["comment"] = f"Table {map_type}:{name} is in sync{empty}"
+        ret["comment"] = f"{table} is in sync"
         return ret
     why = "; ".join(state["source"] + state["compiled"] +
                     [f"{f} is of another type" for f in state["stale"]])
     if __opts__["test"]:
-        ret.update(result=None, changes=changes,
-                   comment=f"Table {map_type}:{name} would be rebuilt{empty} ({why})")
+        ret.update(result=None, changes=changes, comment=f"{table} would be rebuilt ({why})")
         return ret
     try:
         mod["postmap.build"](name, text, map_type, mode, user, group, config_dir, secrets)
     except Exception as exc:  # pylint: disable=broad-except
         return _fail(ret, exc, secrets)
-    ret.update(changes=changes, comment=f"Table {map_type}:{name} rebuilt{empty} ({why})")
+    ret.update(changes=changes, comment=f"{table} rebuilt ({why})")
     return ret
 
 
