@@ -188,6 +188,7 @@ def _stat_key(path):
 
 # isspace() in the C locale: what Postfix's ISSPACE() matches (ASCII only).
 SPACE = " \t\n\v\f\r"
+_KEY_END = re.compile(r"[ \t\n\v\f\r]")
 
 
 def _logical_lines(text):
@@ -227,6 +228,11 @@ def split_line(line):
         salt-call postmap.split_line 'root me@example.org'
     """
     line = line.split("\0", 1)[0]
+    end = _KEY_END.search(line)
+    pos = end.start() if end else len(line)
+    if '"' not in line[:pos] and "\\" not in line[:pos]:  # the usual key: no quoting
+        key, value = line[:pos], line[pos + 1:].strip(SPACE)
+        return (key, value) if key and value else None
     in_quotes, pos = False, 0
     while pos < len(line):
         char = line[pos]
@@ -328,8 +334,10 @@ def render(entries):
         key = next(k for k, v in zip(keys, values) if re.search(r"[\x00-\x1f\x7f]", v))
         raise SaltInvocationError(
             f"entries: the value of {key!r} contains a newline or control character")
+    quoting = '"' in joined_keys or "\\" in joined_keys
     for key, value in zip(keys, values):
-        _check_entry(key, value)
+        if not value.strip(SPACE) or (quoting and ('"' in key or "\\" in key)):
+            _check_entry(key, value)
     folded = [fold(k) for k in keys]
     if len(set(folded)) != len(folded):
         seen, dups = set(), []

@@ -154,20 +154,19 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     mod = __salt__
     saltenv = saltenv or globals().get("__env__") or "base"
-    secrets = []
+    secrets, text = [], None
     try:
         if entries_from is not None:
             entries = _entries_from(entries_from, entries, saltenv)
         secrets = _secrets(entries, None) if secret else []
         text = _text(entries, source, contents, saltenv)
-        secrets = _secrets(entries, text) if secret else []
         map_type = map_type or mod["postmap.default_type"](config_dir)
         mod["postmap.check_type"](map_type, config_dir)
         state = mod["postmap.in_sync"](name, text, map_type, mode, user, group, config_dir,
                                        stamp=not __opts__["test"])
         changes = _changes(name, text, state, mode, user, group, secret)
     except Exception as exc:  # pylint: disable=broad-except
-        return _fail(ret, exc, secrets)
+        return _fail(ret, exc, _secrets(entries, text) if secret and text else secrets)
     table = f"Table {map_type}:{name}" + (" (empty)" if not text else "")
     if state["in_sync"]:
         ret["comment"] = f"{table} is in sync"
@@ -180,7 +179,8 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
     try:
         mod["postmap.build"](name, text, map_type, mode, user, group, config_dir, secrets)
     except Exception as exc:  # pylint: disable=broad-except
-        return _fail(ret, exc, secrets)
+        # every value of the text too (parsed only now: a no-op parses nothing)
+        return _fail(ret, exc, _secrets(entries, text) if secret else [])
     ret.update(changes=changes, comment=f"{table} rebuilt ({why})")
     return ret
 
