@@ -333,7 +333,8 @@ class Relay:
             content = content.decode("utf-8", errors="replace")
         with self._lock:
             self.refusals.append({"stage": stage, "reply": reply, "address": address,
-                                  "mail_from": envelope.mail_from, "data": content,
+                                  "mail_from": address if stage == "MAIL"
+                                  else envelope.mail_from, "data": content,
                                   "at": time.time()})
         return reply
 
