@@ -1,9 +1,9 @@
 """
-What a user of each OS family gets: the formula's own render (the os_family
-grain set, postfix_relay_settings.lookup and the package SLS through Salt's
-loaders) against what that OS really calls its packages and paths. On this
-Debian machine the Debian values are also checked against the files and the
-defaults of the Postfix installed here.
+What a user of each OS family gets: the formula's own values (the os_family
+grain set, postfix_relay_settings.lookup and .packages through Salt's loaders,
+as map.jinja and package.sls call them) against what that OS really calls its
+packages and paths. On this Debian machine the Debian values are also checked
+against the files and the defaults of the Postfix installed here.
 """
 
 import os
@@ -30,15 +30,14 @@ OS = {
 
 @pytest.fixture
 def family_render(loaders, monkeypatch):
-    """lookup and the package state's pkgs as a host of that os_family renders them."""
+    """lookup and the packages package.sls installs (its pkgs: are
+    postfix_relay_settings.packages(lookup)) on a host of that os_family."""
     def render(family):
         monkeypatch.setitem(loaders.grains, "os_family", family)
         loaders.context.clear()  # lookup is cached per run
-        lookup = loaders.modules.postfix_relay_settings.lookup()
-        sls = loaders.modules.state.show_sls("postfix_relay.package")
-        assert isinstance(sls, dict), sls  # a list is Salt's render error
-        pkg = sls["postfix-relay-package-installed"]["pkg"]
-        return lookup, next(arg["pkgs"] for arg in pkg if isinstance(arg, dict) and "pkgs" in arg)
+        module = loaders.modules.postfix_relay_settings
+        lookup = module.lookup()
+        return lookup, module.packages(lookup)
     return render
 
 
