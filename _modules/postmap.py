@@ -26,6 +26,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import stat
 import struct
 import tempfile
@@ -377,6 +378,29 @@ def _postconf(args, config_dir):
     return res["stdout"]
 
 
+def _files_key(paths):
+    """Identity of the files an answer depends on (missing ones included)."""
+    parts = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            parts.append([path, st.st_ino, st.st_size, st.st_mtime_ns])
+        except (OSError, TypeError):
+            parts.append([path, None])
+    return json.dumps(parts)
+
+
+def _cached(args, config_dir, depends):
+    """postconf's answer, kept for this run while the files it depends on are
+    unchanged (a package installed mid-run changes the dynamic map list)."""
+    key = _files_key([shutil.which("postconf")] + depends)
+    cache = __context__.setdefault("postmap.postconf", {})
+    entry = cache.get((tuple(args), config_dir))
+    if entry is None or entry[0] != key:
+        entry = cache[(tuple(args), config_dir)] = (key, _postconf(args, config_dir))
+    return entry[1]
+
+
 def map_types(config_dir="/etc/postfix"):
     """
     The table types this host's Postfix supports (``postconf -m``).
@@ -387,7 +411,9 @@ def map_types(config_dir="/etc/postfix"):
 
         salt-call postmap.map_types
     """
-    return _postconf(["-m"], config_dir).split()
+    maps = [os.path.join(d, n) for d in {config_dir, "/etc/postfix"}
+            for n in ("dynamicmaps.cf", "dynamicmaps.cf.d")]
+    return _cached(["-m"], config_dir, sorted(maps)).split()
 
 
 def default_type(config_dir="/etc/postfix"):
@@ -402,7 +428,8 @@ def default_type(config_dir="/etc/postfix"):
 
         salt-call postmap.default_type
     """
-    return _postconf(["-h", "default_database_type"], config_dir).strip()
+    main_cf = os.path.join(config_dir, "main.cf")
+    return _cached(["-h", "default_database_type"], config_dir, [main_cf]).strip()
 
 
 def check_type(map_type, config_dir="/etc/postfix"):
