@@ -2,7 +2,8 @@
 Debian trees for tests: debootstrap from Debian's mirror, the pinned Salt in a
 venv inside (pip from PyPI), the formula as a file root, and a way to run
 commands in the tree as its own host (private mount and UTS namespaces with
-/proc, /dev and /run of its own, chrooted; the network is the machine's).
+/proc, /dev and /run of its own, chrooted; the network is the test host's,
+downloads go out through the machine's).
 
 debootstrap and pip run once per key (suite, architecture, packages, Salt pin,
 preparation step): the pristine tree is kept in /var/cache/postfix_relay-tests
@@ -31,6 +32,14 @@ TREE_FORMAT = 1  # bump when make_tree() changes what a tree holds
 MAX_AGE_DAYS = 14
 
 
+def with_network(argv):
+    """argv run with this machine's network. Inside a test host (scripts/test-host)
+    only a private loopback exists; downloads (debootstrap, pip, apt) go out
+    through the machine's network namespace, which test-host hands on."""
+    machine_net = os.environ.get("TEST_HOST_MACHINE_NET")
+    return ["nsenter", f"--net={machine_net}", *argv] if machine_net else list(argv)
+
+
 def salt_version():
     pins = (REPO / "requirements.txt").read_text().splitlines()
     return next(line.split("==")[1] for line in pins if line.startswith("salt=="))
@@ -42,7 +51,10 @@ class Chroot:
     def __init__(self, root, hostname):
         self.root, self.hostname = root, hostname
 
-    def run(self, *argv, input=None, check=True, timeout=600, env=None):
+    def run(self, *argv, input=None, check=True, timeout=600, env=None, network=False):
+        """argv in the tree as its own host; with network, through this
+        machine's network (downloads only: the tree's Postfix and relays live
+        on the test host's loopback)."""
         script = textwrap.dedent(f"""\
             set -e
             mount --rbind /dev {self.root}/dev
@@ -53,8 +65,9 @@ class Chroot:
                 HOME=/root LANG=C.UTF-8 {' '.join(f'{k}={v}' for k, v in (env or {}).items())} \
                 "$@"
             """)
-        res = subprocess.run(["unshare", "--mount", "--uts", "--propagation", "private",
-                              "--fork", "sh", "-c", script, "sh", *argv],
+        unshare = ["unshare", "--mount", "--uts", "--propagation", "private",
+                   "--fork", "sh", "-c", script, "sh", *argv]
+        res = subprocess.run(with_network(unshare) if network else unshare,
                              input=input, capture_output=True, text=True, timeout=timeout)
         if check:
             assert res.returncode == 0, f"{argv}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
@@ -152,10 +165,10 @@ def prune(cache, suite, keep):
 def make_tree(root, suite, python, packages, prepare):
     """debootstrap suite into root, then the pinned Salt in /opt/salt."""
     python_pkgs = [python, f"{python}-venv", f"{python}-dev"]
-    res = subprocess.run(
+    res = subprocess.run(with_network(
         ["debootstrap", "--variant=minbase",
          f"--include={','.join(BASE_PACKAGES + python_pkgs + list(packages))}",
-         suite, str(root), MIRROR], capture_output=True, text=True, timeout=1200)
+         suite, str(root), MIRROR]), capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     chroot = Chroot(root, suite)
     # This machine's CA bundle: PyPI may be reached through a TLS proxy it trusts.
@@ -165,7 +178,7 @@ def make_tree(root, suite, python, packages, prepare):
     chroot.run(python, "-m", "venv", "/opt/salt")
     chroot.run("/opt/salt/bin/pip", "install", "-q", "--disable-pip-version-check",
                "--no-cache-dir", "-c", "/tmp/requirements.txt", f"salt=={salt_version()}",
-               env={"SSL_CERT_FILE": "/tmp/host-ca.crt"}, timeout=1200)
+               env={"SSL_CERT_FILE": "/tmp/host-ca.crt"}, timeout=1200, network=True)
     for name in ("host-ca.crt", "requirements.txt"):
         (root / "tmp" / name).unlink()
     if prepare:

@@ -25,6 +25,8 @@ from relay import Relay  # noqa: E402
 
 PASSWORD = "Tst-pw-7f3k9Q-never-logged"  # scanned for in every return and log
 USER = "relayuser"
+# A second account on the same relay: one host's own (the per-host override test).
+OTHER_USER, OTHER_PASSWORD = "pi-account", "Pi-pw-4mz81Q-never-logged"
 SAVED = ["/etc/postfix/main.cf", "/etc/postfix/master.cf", "/etc/mailname",
          "/etc/postfix/main.cf.pre-postfix_relay"]
 MAILLOG = pathlib.Path("/var/log/postfix.log")
@@ -75,7 +77,8 @@ def host_postfix(tmp_path_factory):
 @pytest.fixture(scope="session")
 def relay(tmp_path_factory):
     """A STARTTLS + AUTH (PLAIN, LOGIN) relay on 127.0.0.1."""
-    with Relay(tls="starttls", mechanisms=("PLAIN", "LOGIN"), users={USER: PASSWORD},
+    with Relay(tls="starttls", mechanisms=("PLAIN", "LOGIN"),
+               users={USER: PASSWORD, OTHER_USER: OTHER_PASSWORD},
                cert_dir=str(tmp_path_factory.mktemp("relay-certs"))) as server:
         yield server
 
@@ -161,11 +164,12 @@ def applier(minion, pillar_root, relay):
     app = Applier(minion, pillar_root, relay)
     yield app
     # No return of the whole session may carry the password, nor any log.
-    leaked = [r for r in app.returns if PASSWORD in r]
+    leaked = [r for r in app.returns if PASSWORD in r or OTHER_PASSWORD in r]
     assert not leaked, "the relay password appeared in a salt-call return"
     for log in (MAILLOG, pathlib.Path(minion.config["log_file"])):
         if log.exists():
-            assert PASSWORD not in log.read_text(errors="replace"), f"password in {log}"
+            text = log.read_text(errors="replace")
+            assert PASSWORD not in text and OTHER_PASSWORD not in text, f"password in {log}"
 
 
 def state_results(res):

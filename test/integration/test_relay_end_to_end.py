@@ -11,8 +11,9 @@ import stat
 import subprocess
 
 from conftest import (
-    PASSWORD, USER, changed_ids, dump, file_state, headers_named, log_count, master_pid,
-    new_token, send_with_sendmail, state_results, stop_postfix, wait_for_token,
+    OTHER_PASSWORD, OTHER_USER, PASSWORD, USER, changed_ids, dump, file_state, headers_named,
+    log_count, master_pid, new_token, send_with_sendmail, state_results, stop_postfix,
+    wait_for_token,
 )
 
 
@@ -135,16 +136,25 @@ def test_test_mode_reports_pending_changes_and_touches_nothing(applier):
 
 
 def test_per_host_override_changes_recipient_and_account(applier, relay):
-    # The same states with an overriding pillar: this host's own recipient.
-    data = applier.pillar(recipient="pi-admin@example.org", sender="raspberry")
+    # The same states with an overriding pillar: this host's own recipient,
+    # sender and relay account.
+    data = applier.pillar(recipient="pi-admin@example.org", sender="raspberry",
+                          relay={"username": OTHER_USER, "password": OTHER_PASSWORD})
     res = applier.apply(data)
     assert res.returncode == 0, dump(res)
-    assert "postfix-relay-config-main-cf" in changed_ids(res)
+    assert {"postfix-relay-config-main-cf", "postfix-relay-config-password-table"} <= \
+        set(changed_ids(res))
     token = new_token()
     send_with_sendmail("root", token)
     record = wait_for_token(relay, token)
     assert record["rcpt_tos"] == ["pi-admin@example.org"]
     assert record["mail_from"] == "raspberry@example.org"
+    assert record["auth_user"] == OTHER_USER
+    # Without the override the shared account logs in again.
+    assert applier.apply(applier.pillar()).returncode == 0
+    token = new_token()
+    send_with_sendmail("root", token)
+    assert wait_for_token(relay, token)["auth_user"] == USER
 
 
 def test_local_mode_keeps_external_recipients(applier, relay):
