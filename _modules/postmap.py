@@ -164,7 +164,17 @@ def _source_path(path):
                                   "table's full path, e.g. /etc/postfix/virtual")
     if os.path.isdir(path):
         raise SaltInvocationError(f"{path} is a directory: name must be a table file")
-    return os.path.realpath(path)
+    real = os.path.realpath(path)
+    # A dangling link's target is created, as file.managed writes through the
+    # link; a missing directory is not (file.managed: "Parent directory not
+    # present"), for the compiled files beside the name nor for the target.
+    for directory in dict.fromkeys([os.path.dirname(path), os.path.dirname(real)]):
+        if not os.path.isdir(directory):
+            via = f" (the target of the symlink {path})" if os.path.islink(path) else ""
+            raise SaltInvocationError(
+                f"directory {directory}{via} does not exist: create it first "
+                "(file.directory) or fix the name")
+    return real
 
 
 def _with_newline(text):
@@ -215,6 +225,32 @@ def _logical_lines(text):
         yield current
 
 
+def _key_end(line):
+    """
+    Where the key of a line ends, as postmap's scan finds it: at the first
+    whitespace outside double quotes, a backslash escaping the next character;
+    None when a quote is left open (postmap skips the line).
+    """
+    end = _KEY_END.search(line)
+    pos = end.start() if end else len(line)
+    if '"' not in line[:pos] and "\\" not in line[:pos]:  # the usual key: no quoting
+        return pos
+    in_quotes, pos = False, 0
+    while pos < len(line):
+        char = line[pos]
+        if char == "\\":
+            pos += 1
+            if pos >= len(line):
+                break
+        elif char in SPACE:
+            if not in_quotes:
+                break
+        elif char == '"':
+            in_quotes = not in_quotes
+        pos += 1
+    return None if in_quotes else min(pos, len(line))
+
+
 def split_line(line):
     """
     (key, value) of one logical line as postmap splits it: the key ends at the
@@ -229,42 +265,30 @@ def split_line(line):
         salt-call postmap.split_line 'root me@example.org'
     """
     line = line.split("\0", 1)[0]
-    end = _KEY_END.search(line)
-    pos = end.start() if end else len(line)
-    if '"' not in line[:pos] and "\\" not in line[:pos]:  # the usual key: no quoting
-        key, value = line[:pos], line[pos + 1:].strip(SPACE)
-        return (key, value) if key and value else None
-    in_quotes, pos = False, 0
-    while pos < len(line):
-        char = line[pos]
-        if char == "\\":
-            pos += 1
-            if pos >= len(line):
-                break
-        elif char in SPACE:
-            if not in_quotes:
-                break
-        elif char == '"':
-            in_quotes = not in_quotes
-        pos += 1
-    if in_quotes:
+    pos = _key_end(line)
+    if pos is None:
         return None
     key, value = line[:pos], line[pos + 1:].strip(SPACE)
     return (key, value) if key and value else None
 
 
-def fold(key):
-    """A key as postmap stores it (Unicode case folding, as with smtputf8)."""
-    return key.casefold()
+# Postfix without SMTPUTF8 folds ASCII letters only (its lowercase()).
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
-def parse(text):
+def fold(key, utf8=True):
+    """A key as postmap stores it: Unicode case folding when Postfix runs with
+    smtputf8_enable (see ``folds_utf8``), else ASCII letters lowercased only."""
+    return key.casefold() if utf8 else key.translate(_ASCII_LOWER)
+
+
+def parse(text, utf8=True):
     """
     Parse Postfix table text into a list of (key, value) exactly as postmap
     reads it: lines end at "\\n" only, comments and blank lines are skipped,
     continuation lines keep their whitespace, lines without a key or value and
     with unbalanced quotes are skipped, and of duplicate keys (after case
-    folding) the first one counts.
+    folding, ``utf8`` as ``folds_utf8`` says) the first one counts.
 
     CLI Example:
 
@@ -275,9 +299,9 @@ def parse(text):
     entries, seen = [], set()
     for line in _logical_lines(text or ""):
         pair = split_line(line)
-        if pair is None or fold(pair[0]) in seen:
+        if pair is None or fold(pair[0], utf8) in seen:
             continue
-        seen.add(fold(pair[0]))
+        seen.add(fold(pair[0], utf8))
         entries.append(pair)
     return entries
 
@@ -294,14 +318,46 @@ def _check_entry(key, value):
             "which postmap would misread: fix the key")
 
 
-def render(entries):
+# LMDB's largest key (511 bytes) holds the folded key and Postfix's final NUL.
+LMDB_MAX_KEY = 510
+
+
+def _check_keys(keys, map_type, utf8):
+    """Refuse keys that postmap folds to one, or that LMDB cannot hold."""
+    folded = [fold(k, utf8) for k in keys]
+    if len(set(folded)) != len(folded):
+        seen, dups = set(), []
+        for k in folded:
+            if k in seen:
+                dups.append(k)
+            seen.add(k)
+        raise SaltInvocationError(
+            f"entries: duplicate keys (postmap folds case): {', '.join(sorted(set(dups)))}")
+    if map_type == "lmdb":
+        _check_lmdb_keys(zip(keys, folded))
+
+
+def _check_lmdb_keys(pairs):
+    """pairs of (key, folded key): the first too long for LMDB is refused."""
+    for key, folded in pairs:
+        size = len(folded.encode("utf-8", errors="surrogateescape"))
+        if size > LMDB_MAX_KEY:
+            shown = f"{key[:40]!r}" + ("..." if len(key) > 40 else "")
+            raise SaltInvocationError(
+                f"entries: key {shown} is {size} bytes as Postfix stores it; an lmdb "
+                f"key holds at most {LMDB_MAX_KEY} bytes: shorten the key or use "
+                "another map_type")
+
+
+def render(entries, map_type=None, utf8=True):
     """
     Validate an entries mapping and render it as table text (one ``key value``
     line each). Duplicate keys (also differing only in case, as postmap folds
     keys), empty keys and values, keys with whitespace or unbalanced quotes and
     any control character are refused, since postmap would skip them or they
     would change or inject table lines. Values are trimmed of leading and
-    trailing spaces, as postmap trims them.
+    trailing spaces, as postmap trims them. Keys fold as ``fold`` with
+    ``utf8``; for map_type lmdb, keys over LMDB's limit are refused too.
 
     CLI Example:
 
@@ -339,22 +395,14 @@ def render(entries):
     for key, value in zip(keys, values):
         if not value.strip(SPACE) or (quoting and ('"' in key or "\\" in key)):
             _check_entry(key, value)
-    folded = [fold(k) for k in keys]
-    if len(set(folded)) != len(folded):
-        seen, dups = set(), []
-        for k in folded:
-            if k in seen:
-                dups.append(k)
-            seen.add(k)
-        raise SaltInvocationError(
-            f"entries: duplicate keys (postmap folds case): {', '.join(sorted(set(dups)))}")
+    _check_keys(keys, map_type, utf8)
     return "".join(f"{k} {v.strip(SPACE)}\n" for k, v in zip(keys, values))
 
 
-def entry_changes(old_entries, new_entries, secret=False):
+def entry_changes(old_entries, new_entries, secret=False, utf8=True):
     """Keys added, removed and changed; values only when not secret."""
-    old = {fold(k): v for k, v in old_entries}
-    new = {fold(k): v for k, v in new_entries}
+    old = {fold(k, utf8): v for k, v in old_entries}
+    new = {fold(k, utf8): v for k, v in new_entries}
     added = sorted(set(new) - set(old))
     removed = sorted(set(old) - set(new))
     changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
@@ -430,6 +478,23 @@ def default_type(config_dir="/etc/postfix"):
     """
     main_cf = os.path.join(config_dir, "main.cf")
     return _cached(["-h", "default_database_type"], config_dir, [main_cf]).strip()
+
+
+def folds_utf8(config_dir="/etc/postfix"):
+    """
+    Whether Postfix with the configuration in config_dir folds keys as
+    Unicode (``smtputf8_enable = yes``, the default since compatibility
+    level 3.0) or ASCII letters only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postmap.folds_utf8
+    """
+    main_cf = os.path.join(config_dir, "main.cf")
+    answer = _cached(["-hx", "smtputf8_enable"], config_dir, [main_cf])  # -x: expanded
+    return answer.strip().lower() == "yes"
 
 
 def check_type(map_type, config_dir="/etc/postfix"):
@@ -526,10 +591,13 @@ def dump(path, map_type=None, config_dir="/etc/postfix"):
     if res["retcode"]:
         raise CommandExecutionError(f"postmap -s {map_type}:{path} failed")
     out = {}
-    # One entry a line, "\n" only: a value may hold \r or U+2028.
+    # One entry a line, "\n" only: a value may hold \r or U+2028. The key is
+    # printed as stored, quoted: it ends where postmap's own scan ends it.
     for line in res["stdout"].split("\n")[:-1]:
-        key, _, value = line.partition("\t")
-        out[key] = value
+        end = _key_end(line)
+        if end is None:  # an open quote (not built from text): the first tab
+            end = line.find("\t") if "\t" in line else len(line)
+        out[line[:end]] = line[end + 1:]
     return out
 
 
@@ -646,7 +714,8 @@ def _compiled_reasons(path, map_type, data, source_st, wanted, config_dir, recor
         entries = dump(path, map_type, config_dir)
     except CommandExecutionError:
         return [f"compiled table unreadable (corrupt) as {map_type}"]
-    expected = {fold(k): v for k, v in parse(data.decode())}
+    utf8 = folds_utf8(config_dir)
+    expected = {fold(k, utf8): v for k, v in parse(data.decode(), utf8)}
     if entries != expected:
         return ["compiled table holds other entries than the source"]
     if record:
@@ -694,10 +763,33 @@ def _compile(tmp, path, map_type, config_dir, secrets):
     with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
         res = _run(["postmap", "-c", conf, f"{map_type}:{tmp}"])
     if res["retcode"]:
-        # Only the fatal lines: warnings quote table lines, values included.
-        fatal = [ln for ln in res["stderr"].splitlines() if "fatal:" in ln]
-        detail = redact("; ".join(fatal).replace(tmp, path), secrets or [])
-        raise CommandExecutionError(f"postmap {map_type}:{path} failed: {detail.strip()}")
+        message = _failure(res, tmp, path, map_type, config_dir)
+        raise CommandExecutionError(redact(message, secrets or []))
+
+
+# postmap's own fatal lines: none quotes table text (a duplicate key is only
+# fatal without -w and the default duplicate warning; keys are not secret).
+_FATAL = re.compile(r"postmap: fatal: ")
+
+
+def _failure(res, tmp, path, map_type, config_dir):
+    """
+    Why postmap failed, without a character of the table: only the lines
+    postmap starts with its fatal prefix, split at "\n" only (its warnings quote
+    table lines, and may hold "fatal:" or a U+2028 that other splits take for
+    a line end); LMDB's key limit named by the key, as render() names it.
+    """
+    fatal = [ln for ln in res["stderr"].split("\n") if _FATAL.match(ln)]
+    if map_type == "lmdb" and any("MDB_BAD_VALSIZE" in ln for ln in fatal):
+        with open(tmp, "rb") as handle:
+            text = handle.read().decode("utf-8", errors="surrogateescape")
+        utf8 = folds_utf8(config_dir)
+        try:
+            _check_lmdb_keys((k, fold(k, utf8)) for k, _ in parse(text, utf8))
+        except SaltInvocationError as exc:
+            return f"postmap {map_type}:{path} failed: {str(exc).removeprefix('entries: ')}"
+    detail = "; ".join(fatal).replace(tmp, path) or f"exit code {res['retcode']}"
+    return f"postmap {map_type}:{path} failed: {detail}"
 
 
 def _place(tmp, target, mode, uid, gid):

@@ -51,12 +51,12 @@ def _get_source(source, saltenv):
     raise ValueError(f"source {names} not found in saltenv {saltenv}")
 
 
-def _text(entries, source, contents, saltenv):
+def _text(entries, source, contents, saltenv, map_type, utf8):
     given = [x is not None for x in (entries, source, contents)]
     if sum(given) != 1:
         raise ValueError("give exactly one of entries, source or contents")
     if entries is not None:
-        return __salt__["postmap.render"](entries)
+        return __salt__["postmap.render"](entries, map_type, utf8)
     if source is not None:
         text = _get_source(source, saltenv)
     elif isinstance(contents, list):  # lines, as file.managed joins them
@@ -85,9 +85,10 @@ def _entries_from(function, entries, saltenv):
 
 
 def _secrets(entries, text):
-    """Every value of a secret table, to mask in any message."""
+    """Every value of a secret table, to mask in any message (ASCII folding
+    merges fewer keys: every value postmap may store is kept)."""
     values = [str(v) for v in (entries or {}).values()]
-    return values + [v for _, v in __salt__["postmap.parse"](text or "")]
+    return values + [v for _, v in __salt__["postmap.parse"](text or "", False)]
 
 
 def _fail(ret, exc, secrets):
@@ -97,7 +98,7 @@ def _fail(ret, exc, secrets):
     return ret
 
 
-def _changes(name, text, state, mode, user, group, secret):
+def _changes(name, text, state, mode, user, group, secret, utf8):
     """What the rebuild changes: entries (keys only when secret), mode, owner,
     compiled table, removed compiled files of another type."""
     mod = __salt__
@@ -106,8 +107,8 @@ def _changes(name, text, state, mode, user, group, secret):
         changes["created"] = True
     elif "source content differs" in state["source"]:
         changes.update(mod["postmap.entry_changes"](
-            mod["postmap.parse"](mod["postmap.read"](name) or ""), mod["postmap.parse"](text),
-            secret))
+            mod["postmap.parse"](mod["postmap.read"](name) or "", utf8),
+            mod["postmap.parse"](text, utf8), secret, utf8))
         if not changes:
             changes["source"] = "reformatted"
     if "source mode or owner differs" in state["source"]:
@@ -159,12 +160,13 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
         if entries_from is not None:
             entries = _entries_from(entries_from, entries, saltenv)
         secrets = _secrets(entries, None) if secret else []
-        text = _text(entries, source, contents, saltenv)
         map_type = map_type or mod["postmap.default_type"](config_dir)
+        utf8 = mod["postmap.folds_utf8"](config_dir)  # how Postfix folds keys here
+        text = _text(entries, source, contents, saltenv, map_type, utf8)
         mod["postmap.check_type"](map_type, config_dir)
         state = mod["postmap.in_sync"](name, text, map_type, mode, user, group, config_dir,
                                        stamp=not __opts__["test"])
-        changes = _changes(name, text, state, mode, user, group, secret)
+        changes = _changes(name, text, state, mode, user, group, secret, utf8)
     except Exception as exc:  # pylint: disable=broad-except
         return _fail(ret, exc, _secrets(entries, text) if secret and text else secrets)
     table = f"Table {map_type}:{name}" + (" (empty)" if not text else "")

@@ -456,3 +456,126 @@ def test_dry_run_writes_no_stamp_and_removes_nothing(loaders, table_dir, config_
     assert ret.result is None and ret.changes == {"removed_files": [f"{path}.cdb"]}
     assert os.listdir(stamps) == [] and (table_dir / "passwd.cdb").exists()
 
+
+
+def lose_stamps(minion_opts):
+    """Salt's cache lost: the next run compares the table with Postfix's dump."""
+    stamps = os.path.join(minion_opts["cachedir"], "postmap")
+    for name in os.listdir(stamps) if os.path.isdir(stamps) else []:
+        os.unlink(os.path.join(stamps, name))
+
+
+# A key over LMDB's limit makes the real postmap fail after its warnings.
+TOO_LONG = "k" * 600
+
+
+# Lines postmap warns about, quoting table text; each shows "fatal:" where a
+# filter for fatal lines would look, and two secrets are shorter than redact()
+# masks. One postmap run (each fatal costs Postfix's 1 s exit delay).
+BAD_LINES = {
+    "  fatal: horsebattery\n": "horsebattery",       # 30 chars of an indented line
+    'k"x fatal: zq9\n': "zq9",                       # an unbalanced quote: whole line
+    'j"x \u2028postmap: fatal: q7\n': "q7",          # a line end to Python only
+}
+
+
+@pytest.mark.skipif("lmdb" not in INDEXED, reason="postfix-lmdb not installed")
+def test_failed_postmap_shows_no_text_of_a_secret_table(loaders, table_dir, config_dir,
+                                                       caplog):
+    ret = managed(loaders, table_dir / "passwd", config_dir, entries=None,
+                  contents="".join(BAD_LINES) + f"{TOO_LONG} v\n", map_type="lmdb",
+                  secret=True)
+    assert ret.result is False
+    assert "failed" in ret.comment, ret.comment
+    for secret in BAD_LINES.values():
+        assert secret not in ret.comment
+        # (the test harness itself logs the state's arguments; Salt must not)
+        assert not [r for r in caplog.records if secret in r.getMessage()
+                    and not r.name.startswith("saltfactories")]
+    assert not (table_dir / "passwd").exists()
+
+
+def test_keys_fold_as_the_config_dir_says(loaders, table_dir, tmp_path, minion_opts):
+    # smtputf8_enable = no: Postfix folds ASCII letters only (Ä stays Ä).
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "main.cf").write_text("compatibility_level = 3.6\nsmtputf8_enable = no\n")
+    os.utime(conf / "main.cf", (time.time() - 60,) * 2)
+    CONF["dir"] = str(conf)
+    path = table_dir / "virtual"
+    entries = {"Ärger": "upper", "ärger": "lower", "ÉCOLE": "x"}
+    ret = managed(loaders, path, str(conf), entries=entries, mode="0644")
+    assert ret.result is True, ret.comment
+    assert (query(path, "Ärger"), query(path, "ärger")) == ("upper", "lower")
+    lose_stamps(minion_opts)
+    again = managed(loaders, path, str(conf), entries=entries, mode="0644")
+    assert again.changes == {}, again.comment
+    assert "is in sync" in again.comment
+
+
+def test_dump_reads_a_quoted_key_holding_whitespace(loaders, table_dir, config_dir,
+                                                    minion_opts):
+    path = table_dir / "virtual"
+    text = '"a\tb"@example.org v1\n"c d" v 2\ne\\ f v3\n'
+    managed(loaders, path, config_dir, entries=None, contents=text, mode="0644")
+    assert loaders.modules.postmap.dump(str(path), "hash", config_dir) == {
+        '"a\tb"@example.org': "v1", '"c d"': "v 2", "e\\ f": "v3"}
+    lose_stamps(minion_opts)
+    before = fstat(f"{path}.db")
+    assert managed(loaders, path, config_dir, entries=None, contents=text,
+                   mode="0644").changes == {}
+    assert fstat(f"{path}.db") == before
+
+
+@pytest.mark.skipif("lmdb" not in INDEXED, reason="postfix-lmdb not installed")
+def test_lmdb_key_over_the_limit_is_refused_by_name(loaders, table_dir, config_dir):
+    path = table_dir / "virtual"
+    longest = "k" * 510                                # 510 bytes + Postfix's NUL
+    assert managed(loaders, path, config_dir, entries={longest: "v"},
+                   map_type="lmdb").result is True
+    assert query(path, longest, "lmdb") == "v"
+    for key in ("k" * 511, "é" * 256, "İ" * 200):      # İ folds to 3 bytes
+        ret = managed(loaders, table_dir / "other", config_dir, entries={key: "v"},
+                      map_type="lmdb")
+        assert ret.result is False
+        assert "510" in ret.comment and key[:20] in ret.comment, ret.comment
+        assert "MDB_" not in ret.comment
+    # a table text with such a key: postmap's failure named the same way
+    ret = managed(loaders, table_dir / "other", config_dir, entries=None,
+                  contents=f"a b\n{'k' * 511} v\n", map_type="lmdb")
+    assert ret.result is False and "510" in ret.comment and "MDB_" not in ret.comment
+    assert not (table_dir / "other").exists()
+
+
+def test_dangling_symlink_name(loaders, table_dir, config_dir, tmp_path):
+    link = table_dir / "passwd"
+    link.symlink_to(tmp_path / "elsewhere" / "passwd")
+    ret = managed(loaders, link, config_dir)
+    assert ret.result is False
+    assert "Errno" not in ret.comment and str(tmp_path / "elsewhere") in ret.comment
+    assert "does not exist" in ret.comment, ret.comment
+    # once the target's directory exists, the target is created through the link
+    (tmp_path / "elsewhere").mkdir()
+    ret = managed(loaders, link, config_dir)
+    assert ret.result is True, ret.comment
+    assert link.is_symlink() and (tmp_path / "elsewhere" / "passwd").is_file()
+    assert query(link, "[smtp.example.net]:587") == f"user:{SECRET}"
+
+
+def test_entries_from_gets_the_states_saltenv(loaders, table_dir, config_dir, minion_opts):
+    mods = os.path.join(minion_opts["extension_modules"], "modules")
+    os.makedirs(mods, exist_ok=True)
+    with open(os.path.join(mods, "envtable.py"), "w", encoding="utf-8") as handle:
+        handle.write("def entries(saltenv='base'):\n"
+                     "    return {'root': saltenv + '@example.org'}\n")
+    path = str(table_dir / "virtual")
+    for env in ("dev", "prod"):
+        ret = loaders.modules.state.high({path: {
+            "postmap": ["managed", {"entries_from": "envtable.entries"},
+                        {"config_dir": config_dir}, {"map_type": "hash"}],
+            "__env__": env, "__sls__": "tables"}})
+        assert [r.result for r in ret] == [True], ret.raw
+        assert query(path, "root") == f"{env}@example.org"
+    ret = managed(loaders, path, config_dir, entries=None, saltenv="qa",
+                  entries_from="envtable.entries")
+    assert ret.result is True and query(path, "root") == "qa@example.org"
