@@ -626,7 +626,7 @@ def _base_params(ident, relayhost, tables):
         "masquerade_domains": domain,
         "relayhost": relayhost,
         "always_add_missing_headers": "yes",
-        "sender_canonical_maps": f"static:{ident['sender']}@{domain}",
+        "sender_canonical_maps": f"regexp:{tables['sender']}",
         "recipient_canonical_maps": (f"static:{ident['recipient']}"
                                      if ident["recipient_mode"] == "all"
                                      else f"regexp:{tables['recipients']}"),
@@ -678,6 +678,7 @@ def _result(ident, rel, tables, params, map_type, host, extra, log_file):  # noq
         "map_type": map_type,
         "password_entries": {rel["relayhost"]: f"{rel['username']}:{password}"}
         if rel["sasl"] else {},
+        "sender_rules": sender_rules(f"{ident['sender']}@{ident['domain']}"),
         "reply_to_rules": reply_to_rules(ident["reply_to"]) if ident["reply_to"] else "",
         "recipient_rules": recipient_rules(ident["hostname"], ident["recipient"])
         if ident["recipient_mode"] == "local" else "",
@@ -717,7 +718,23 @@ def table_paths(config_dir="/etc/postfix"):
         "password": f"{config_dir}/sasl/passwd",
         "reply_to": f"{config_dir}/reply_to_header",
         "recipients": f"{config_dir}/recipient_canonical",
+        "sender": f"{config_dir}/sender_canonical",
     }
+
+
+def sender_rules(sender):
+    """sender_canonical regexp: every sender becomes ``sender``, except the
+    null sender of bounces.
+
+    `static:` would rewrite that one too (cleanup looks it up as an address):
+    a bounce would then carry the host's address, a relay that refused the
+    message refuses the bounce as well, and it bounces again, in a loop
+    (hundreds a second, seen in test_edge_cases.py). The null sender reaches
+    the lookup empty or as ``""@domain``; double-bounce@ is Postfix's own.
+    """
+    return ("# Managed by postfix_relay: every sender becomes the host's address,\n"
+            "# but a bounce keeps its null sender (no bounce loops).\n"
+            f'!/^$|^""(@.*)?$|^double-bounce@/ {sender}\n')
 
 
 def reply_to_rules(reply_to):

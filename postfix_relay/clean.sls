@@ -19,7 +19,7 @@ postfix-relay-clean-smtpd-listener:
     - chroot: {{ postfix_relay.lookup.smtpd_chroot | json }}
     - config_dir: {{ conf }}
 
-{%- for id, path in [("password-table", tables.password), ("reply-to", tables.reply_to), ("recipients", tables.recipients)] %}
+{%- for id, path in [("password-table", tables.password), ("reply-to", tables.reply_to), ("recipients", tables.recipients), ("sender", tables.sender)] %}
 
 postfix-relay-clean-{{ id }}:
   postmap.absent:

@@ -93,6 +93,17 @@ postfix-relay-config-password-table:
       - file: postfix-relay-config-sasl-dir
 {%- endif %}
 
+{#- every sender becomes the host's address; a bounce keeps its null sender #}
+postfix-relay-config-sender:
+  postmap.managed:
+    - name: {{ s.tables.sender }}
+    - contents: {{ s.sender_rules | json }}
+    - map_type: regexp
+    - mode: "0644"
+    - config_dir: {{ conf }}
+    - require:
+      - pkg: postfix-relay-package-installed
+
 postfix-relay-config-reply-to:
 {%- if s.reply_to %}
   postmap.managed:
@@ -154,5 +165,6 @@ postfix-relay-config-main-cf:
       - pkg: postfix-relay-package-installed
       # tables first: main.cf never names a table that does not exist yet
       - postmap: postfix-relay-config-password-table
+      - postmap: postfix-relay-config-sender
       - postmap: postfix-relay-config-reply-to
       - postmap: postfix-relay-config-recipients

@@ -95,18 +95,6 @@ def test_relay_over_ipv6_loopback(applier, tmp_path):
     assert logged(f"relay=::1[::1]:{relay.port},")
 
 
-# Found by this test: sender_canonical_maps = static:<host>@<domain> also maps
-# a bounce's null sender (cleanup looks it up as ""), so the relay refuses the
-# bounce, which bounces again: a loop, hundreds a second, until the relay goes
-# away. Checked by hand: a regexp table that leaves the null sender and
-# double-bounce alone ends it (2 refusals, queue empty):
-#     !/^$|^""(@.*)?$|^double-bounce@/ <host>@<domain>
-BOUNCE_LOOP = pytest.mark.xfail(
-    strict=True, reason="bounce loop: sender_canonical_maps = static:... rewrites the "
-    "null sender of bounces (fix belongs to _modules/postfix_relay_settings.py)")
-
-
-@BOUNCE_LOOP
 @pytest.mark.parametrize("stage", ["MAIL", "RCPT", "DATA"])
 def test_permanent_refusal_bounces_with_the_relays_reason(applier, tmp_path, stage):
     reply = f"550 5.7.1 relay policy refuses this {stage.lower()}"
