@@ -1,0 +1,168 @@
+"""
+An arm64 Debian tree (a Raspberry Pi stand-in) on this amd64 machine: debootstrap
+--arch=arm64, run through qemu-user-static's binfmt_misc handler, the pinned Salt
+in /opt/salt, the formula as a file root. Built on test/debian_chroot.py without
+changing it; what it lacks for this (an architecture in build/tree_key/make_tree,
+the machine's network for the download steps) lives here.
+
+The pristine tree (debootstrap and Salt's venv, both slow under emulation) is kept
+in the same cache as the other trees, under its own name, so that
+debian_chroot.prune() of a bookworm amd64 tree never takes it.
+"""
+
+import fcntl
+import hashlib
+import inspect
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import textwrap
+
+import debian_chroot
+from debian_chroot import (BASE_PACKAGES, MIRROR, REPO, Chroot, cache_dir, expired,
+                           install_formula, salt_version)
+
+ARCH = "arm64"
+TREE_FORMAT = 1  # bump when make_tree() changes what a tree holds
+BINFMT = pathlib.Path("/proc/sys/fs/binfmt_misc")
+# The e_machine of an aarch64 ELF file (EM_AARCH64), at byte 18, little-endian.
+EM_AARCH64 = 183
+
+
+def binfmt_problem():
+    """None when this machine runs arm64 binaries through qemu, else what to do.
+    The handler is the kernel's (global); a test host mounts its own /proc, so
+    binfmt_misc is mounted here (in this mount namespace) to read it."""
+    if not (BINFMT / "status").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)],
+                       capture_output=True)
+    entry = BINFMT / "qemu-aarch64"
+    if not entry.exists():
+        return ("no binfmt_misc handler for arm64: apt-get install qemu-user-static "
+                "binfmt-support, mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc, "
+                "update-binfmts --enable qemu-aarch64")
+    lines = entry.read_text().splitlines()
+    if lines[0] != "enabled":
+        return "binfmt handler qemu-aarch64 is disabled: update-binfmts --enable qemu-aarch64"
+    # F: the interpreter is opened at registration, so it works inside a chroot
+    # that has no qemu binary of its own.
+    flags = next((line.split()[1] for line in lines if line.startswith("flags:")), "")
+    if "F" not in flags:
+        return (f"binfmt handler qemu-aarch64 lacks the F flag ({flags!r}): "
+                "use Debian's qemu-user-static")
+    return None
+
+
+def machine_net(argv):
+    """argv run with the machine's network when inside a test host (which has
+    only its own loopback): the steps that must download."""
+    net = os.environ.get("TEST_HOST_MACHINE_NET")
+    return ["nsenter", f"--net={net}", *argv] if net else list(argv)
+
+
+class Arm64Chroot(Chroot):
+    """debian_chroot.Chroot whose run() can take the machine's network
+    (download=True), for pip; everything else is Chroot's."""
+
+    def run(self, *argv, input=None, check=True, timeout=600, env=None, download=False):
+        if not download:
+            return super().run(*argv, input=input, check=check, timeout=timeout, env=env)
+        script = textwrap.dedent(f"""\
+            set -e
+            mount --rbind /dev {self.root}/dev
+            mount -t proc proc {self.root}/proc
+            mount -t tmpfs tmpfs {self.root}/run
+            hostname {self.hostname}
+            exec chroot {self.root} /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+                HOME=/root LANG=C.UTF-8 {' '.join(f'{k}={v}' for k, v in (env or {}).items())} \
+                "$@"
+            """)
+        res = subprocess.run(machine_net(["unshare", "--mount", "--uts", "--propagation", "private",
+                                        "--fork", "sh", "-c", script, "sh", *argv]),
+                             input=input, capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert res.returncode == 0, f"{argv}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        return res
+
+
+def build(root, suite, hostname, python="python3", packages=()):
+    """debian_chroot.build() for arm64: a copy of the cached pristine tree, the
+    machine's resolver, the host name, the formula."""
+    tree = pristine(suite, python, packages)
+    res = subprocess.run(["cp", "-a", "--reflink=auto", str(tree), str(root)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, f"copying {tree}: {res.stderr[-2000:]}"
+    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    with open(root / "etc/hosts", "a") as hosts:
+        hosts.write(f"127.0.1.1 {hostname}.example.org {hostname}\n")
+    install_formula(root)
+    return Arm64Chroot(root, hostname)
+
+
+def tree_key(suite, python, packages):
+    """pi-suite-arm64-digest: debian_chroot.tree_key() with the target
+    architecture (not the machine's) and this module's build steps."""
+    material = json.dumps({
+        "format": TREE_FORMAT, "base_format": debian_chroot.TREE_FORMAT, "suite": suite,
+        "arch": ARCH, "mirror": MIRROR, "python": python,
+        "packages": sorted({*BASE_PACKAGES, *packages}),
+        "requirements": hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest(),
+        "make_tree": inspect.getsource(make_tree) + inspect.getsource(install_salt),
+    }, sort_keys=True)
+    return f"pi-{suite}-{ARCH}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
+
+
+def pristine(suite, python="python3", packages=()):
+    """The cached arm64 tree for this key, built first if absent or expired
+    (one builder at a time; a half-built tree is never used)."""
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    key = tree_key(suite, python, packages)
+    tree = cache / key
+    with open(cache / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not tree.is_dir() or expired(tree):
+            building = cache / f"{key}.building"
+            shutil.rmtree(building, ignore_errors=True)
+            make_tree(building, suite, python, packages)
+            shutil.rmtree(tree, ignore_errors=True)
+            building.rename(tree)
+            prune(cache, suite, keep=key)
+    return tree
+
+
+def prune(cache, suite, keep):
+    """arm64 trees of this suite made from older inputs."""
+    for old in cache.glob(f"pi-{suite}-{ARCH}-*"):
+        if old.name != keep and old.is_dir() and not old.name.endswith(".building"):
+            shutil.rmtree(old, ignore_errors=True)
+            old.with_name(old.name + ".lock").unlink(missing_ok=True)
+
+
+def make_tree(root, suite, python, packages):
+    """debootstrap --arch=arm64 (its second stage runs under qemu), then Salt."""
+    python_pkgs = [python, f"{python}-venv", f"{python}-dev"]
+    res = subprocess.run(machine_net(
+        ["debootstrap", f"--arch={ARCH}", "--variant=minbase",
+         f"--include={','.join(BASE_PACKAGES + python_pkgs + list(packages))}",
+         suite, str(root), MIRROR]), capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    install_salt(Arm64Chroot(root, suite), python)
+    os.utime(root)  # the tree's age, for expired()
+
+
+def install_salt(chroot, python):
+    """The pinned Salt in /opt/salt, pip run inside the tree with the machine's
+    network (and its CA bundle: PyPI may be reached through a TLS proxy)."""
+    tmp = chroot.path("/tmp")
+    shutil.copy("/etc/ssl/certs/ca-certificates.crt", tmp / "host-ca.crt")
+    shutil.copy("/etc/resolv.conf", chroot.path("/etc/resolv.conf"))
+    shutil.copy(REPO / "requirements.txt", tmp / "requirements.txt")
+    chroot.run(python, "-m", "venv", "/opt/salt")
+    chroot.run("/opt/salt/bin/pip", "install", "-q", "--disable-pip-version-check",
+               "--no-cache-dir", "-c", "/tmp/requirements.txt", f"salt=={salt_version()}",
+               env={"PIP_CERT": "/tmp/host-ca.crt"}, timeout=3600, download=True)
+    for name in ("host-ca.crt", "requirements.txt"):
+        (tmp / name).unlink()
