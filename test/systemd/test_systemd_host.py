@@ -11,6 +11,7 @@ import socket
 import time
 import uuid
 
+import pytest
 from conftest import PASSWORD
 
 RECIPIENT = "me@example.org"
@@ -56,6 +57,19 @@ def smtp_open(port=25):
 def journal_since(host, since, *matches):
     return host.run("journalctl", "--no-pager", "-o", "cat", "--since", f"@{int(since)}",
                     *matches).stdout
+
+
+def logged_status(lines, message_id):
+    """The status= of the delivery logged for the message with this
+    Message-ID (its queue id from cleanup's message-id= line)."""
+    qids = {line.split(": message-id=")[0].split()[-1] for line in lines
+            if f": message-id={message_id}" in line}
+    for line in lines:
+        words = line.split()
+        for qid in qids:
+            if f" {qid}: to=<" in line and "status=" in line:
+                return next(w for w in words if w.startswith("status=")).split("=", 1)[1]
+    return None
 
 
 def test_boots_with_systemd_as_init(host):
@@ -122,6 +136,8 @@ def test_verify_follows_the_mail_through_the_log(host):
     code, verified, res = host.salt_call("postfix_relay.verify", "timeout=60")
     assert code == 0 and verified["status"] == "sent", res.stdout[-3000:] + res.stderr[-3000:]
     qid = verified["queue_id"]
+    if host.logger == "journald":
+        assert verified["log"]["type"] == "journal"
     journal = host.run("journalctl", "--no-pager", "-o", "cat", "SYSLOG_FACILITY=2").stdout
     assert any(f"{qid}: to=<" in line and "status=sent" in line for line in journal.splitlines())
     if host.logger == "rsyslog":
@@ -139,3 +155,24 @@ def test_second_apply_changes_nothing_and_no_password_is_logged(host, relay):
         for name in ("mail.log", "syslog", "messages"):
             path = host.chroot.path(f"/var/log/{name}")
             assert not path.exists() or PASSWORD not in path.read_text(errors="replace")
+
+
+
+@pytest.mark.xfail(strict=True, reason="postfix_relay.log_source picks the journal whenever "
+                   "/run/systemd/journal exists, even when journald keeps nothing (Storage=none) "
+                   "and rsyslog writes /var/log/mail.log: verify then times out")
+def test_verify_reads_mail_log_when_the_journal_keeps_nothing(host):
+    # journald only passing messages on to rsyslog (Storage=none): a common
+    # setup on SD cards; mail.log is then the only record. Runs last: it
+    # changes journald's configuration.
+    if host.logger != "rsyslog":
+        pytest.skip("only rsyslog keeps a log when journald stores nothing")
+    host.run("mkdir", "-p", "/etc/systemd/journald.conf.d")
+    host.chroot.path("/etc/systemd/journald.conf.d/storage.conf").write_text(
+        "[Journal]\nStorage=none\nForwardToSyslog=yes\n")
+    host.run("systemctl", "restart", "systemd-journald")
+    code, verified, res = host.salt_call("postfix_relay.verify", "timeout=10")
+    mail_log = host.chroot.path("/var/log/mail.log").read_text().splitlines()
+    # the mail went out and mail.log says so: verify had what it needed
+    assert logged_status(mail_log, verified["message_id"]) == "sent", mail_log[-10:]
+    assert code == 0 and verified["status"] == "sent", verified
