@@ -111,7 +111,7 @@ def _read_facts(config_dir):
         maps = _run(["postconf", "-c", readable, "-m"])
     if res["retcode"] or maps["retcode"]:
         raise CommandExecutionError(f"postconf failed: {res['stderr'] or maps['stderr']}")
-    result = dict(zip(names, res["stdout"].splitlines()))
+    result = dict(zip(names, _lines(res["stdout"])))
     result["map_types"] = maps["stdout"].split()
     result["config_dir"] = config_dir
     return result
@@ -152,10 +152,17 @@ def render_main_cf(params):
     return "".join(lines)
 
 
+def _lines(text):
+    """text's lines as Postfix reads them: ended by "\n" only (str.splitlines
+    also splits at U+2028, U+0085 and the like, which a value may hold)."""
+    parts = text.split("\n")
+    return parts[:-1] if parts and parts[-1] == "" else parts
+
+
 def parse_main_cf(text):
     """Parse main.cf text into a dict (continuation lines joined)."""
     params, name = {}, None
-    for line in (text or "").splitlines():
+    for line in _lines(text or ""):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         if line[0].isspace() and name:
@@ -242,7 +249,7 @@ def _check_copy(tmp, text):
     """
     names = ["queue_directory", "data_directory", "maillog_file", "maillog_file_prefixes"]
     res = _run(["postconf", "-c", tmp, "-x", "-h"] + names)
-    values = dict(zip(names, res["stdout"].splitlines()))
+    values = dict(zip(names, _lines(res["stdout"])))
     problems = _own_paths_problems(values)
     if problems:
         return problems
@@ -277,7 +284,7 @@ def _own_paths_problems(values):
 def _without_params(text, names):
     """main.cf text without the lines (continuations included) that set names."""
     kept, skipping = [], False
-    for line in text.splitlines():
+    for line in _lines(text):
         if skipping and line[:1].isspace() and line.strip():
             continue
         name = line.partition("=")[0].strip()
@@ -447,7 +454,7 @@ def _master_entries(config_dir):
     """Active master.cf entries as (service, type, fields) tuples."""
     text = read_file(os.path.join(config_dir, "master.cf")) or ""
     entries, current = [], None
-    for line in text.splitlines():
+    for line in _lines(text):
         if not line.strip() or line.startswith("#"):
             continue
         if line[0].isspace() and current:

@@ -44,6 +44,9 @@ KNOWN_RELAY_KEYS = {
     "fingerprints",
 }
 KNOWN_OAUTH2_KEYS = {"token_endpoint", "client_id", "client_secret", "refresh_token", "ca_file"}
+# Table types that store "key value" lines as postmap builds them (pattern
+# tables such as regexp or pcre, and proxy:/static: lookups, cannot).
+PASSWORD_TABLE_TYPES = ("hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash")
 XOAUTH2_DIR = "/etc/sasl-xoauth2"  # as Postfix's smtp process sees it (in its chroot)
 XOAUTH2_CA = f"{XOAUTH2_DIR}/ca.pem"
 XOAUTH2_CONF = "/etc/sasl-xoauth2.conf"  # read by the plugin when it loads
@@ -226,9 +229,11 @@ def _ip_literal(key, text, ipv6_only=False):
         ip = ipaddress.ip_address(text)
     except ValueError:
         if re.fullmatch(r"[0-9]+(\.[0-9]+){3}", text):
-            # glibc reads 010 as octal (8) where Postfix's own check reads 10
-            _fail(key, f"{text!r}: an IPv4 part with a leading zero is ambiguous "
-                       "(octal for the resolver); write it without leading zeros")
+            if re.search(r"(^|\.)0[0-9]", text):
+                # glibc reads 010 as octal (8) where Postfix's own check reads 10
+                _fail(key, f"{text!r}: an IPv4 part with a leading zero is ambiguous "
+                           "(octal for the resolver); write it without leading zeros")
+            _fail(key, f"{text!r} is not an IPv4 address: each part is 0 to 255")
         if ipv6_only:
             _fail(key, f"{text!r} after 'ipv6:' is not an IPv6 address")
         return None
@@ -260,6 +265,8 @@ def relay_host(key, value):
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # refused below with the reason (all-numeric)
     value = _strict_text(key, value, required=True)
+    if re.fullmatch(r"\[.*\]:[0-9]+", value):
+        _fail(key, f"{value!r}: give the port in relay:port, not in relay:host")
     bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
     if bare[:5].lower() == "ipv6:":
         return _ip_literal(key, bare[5:], ipv6_only=True), True
@@ -426,6 +433,9 @@ def table_type(value, params, extra, host):
     if name and supported and name not in supported:
         _fail(key, f"{name!r} is not supported by this Postfix "
               f"(postconf -m lists: {', '.join(supported)})")
+    if name and name not in PASSWORD_TABLE_TYPES:
+        _fail(key, f"{name!r} cannot hold the password table's \"key user:password\" "
+              f"lines: use one of {', '.join(PASSWORD_TABLE_TYPES)}")
     if name:
         return name, True
     default = host.get("default_database_type") or None
@@ -509,6 +519,9 @@ def _relay(relay, host, extra):
     mx = relay.get("mx", False)
     if not isinstance(mx, bool):
         _fail("relay:mx", "must be true or false")
+    if mx and not is_address and str(relay.get("host")).startswith("["):
+        _fail("relay:mx", "true asks for the host's MX records, but brackets around "
+              "relay:host mean no MX lookup: drop one of them")
     username, password, oauth2 = _credentials(relay, host, rhost, rport)
     sasl = password is not None
     level = tls_level("relay:tls", relay.get("tls"), sasl, rport)
@@ -543,11 +556,11 @@ def _tls_params(rel, extra):
         params["smtp_tls_fingerprint_cert_match"] = ", ".join(rel["fingerprints"])
     if rel["tls"] in ("dane", "dane-only"):
         # without DNSSEC lookups dane-only defers every message, dane is may
-        if extra.get("smtp_dns_support_level", "dnssec") != "dnssec":
+        if extra.get("smtp_dns_support_level", "dnssec").lower() != "dnssec":
             _fail("main_cf:smtp_dns_support_level", f"must be dnssec (or left out) with "
                   f"relay:tls {rel['tls']}: DANE needs DNSSEC-validated lookups")
         params["smtp_dns_support_level"] = "dnssec"
-    level = extra.get("smtp_tls_security_level", rel["tls"])
+    level = extra.get("smtp_tls_security_level", rel["tls"]).lower()  # as Postfix reads it
     if rel["sasl"] and level not in SASL_TLS:
         _fail("main_cf:smtp_tls_security_level", f"{level!r} would let the password go "
               f"out in clear: use one of {', '.join(SASL_TLS)}")
@@ -718,7 +731,8 @@ def table_paths(config_dir="/etc/postfix"):
         "password": f"{config_dir}/sasl/passwd",
         "reply_to": f"{config_dir}/reply_to_header",
         "recipients": f"{config_dir}/recipient_canonical",
-        "sender": f"{config_dir}/sender_canonical",
+        # a name of the formula's own: an admin's sender_canonical stays theirs
+        "sender": f"{config_dir}/postfix_relay_sender",
     }
 
 

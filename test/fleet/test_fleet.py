@@ -34,8 +34,8 @@ def test_state_apply_on_every_host(fleet):
     for host_id, host in hosts.items():
         main_cf = host.path("/etc/postfix/main.cf").read_text()
         assert f"myhostname = {host_id}.example.org" in main_cf
-        assert "sender_canonical_maps = regexp:/etc/postfix/sender_canonical" in main_cf
-        rules = host.path("/etc/postfix/sender_canonical").read_text()
+        assert "sender_canonical_maps = regexp:/etc/postfix/postfix_relay_sender" in main_cf
+        rules = host.path("/etc/postfix/postfix_relay_sender").read_text()
         assert rules.rstrip().endswith(f" {host_id}@example.org")
         assert f"recipient_canonical_maps = static:{RECIPIENT[host_id]}" in main_cf
         table = host.path("/etc/postfix/sasl/passwd")

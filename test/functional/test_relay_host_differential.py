@@ -165,6 +165,11 @@ def test_relay_host_is_accepted_exactly_when_postfix_accepts_it(client, raw, por
         relayhost = formula(raw, port, mx)
     except SaltInvocationError as exc:
         message = str(exc)
+        if message.startswith("pillar postfix_relay:relay:mx: "):
+            # brackets (no MX lookup) with mx: true (MX lookup) contradict each other
+            assert mx and raw.startswith("["), message
+            event("refused: mx with brackets")
+            return
         assert message.startswith("pillar postfix_relay:relay:host: "), message
         if "leading zero" in message:
             # glibc reads 010 as octal 8 where valid_hostaddr() reads 10: refused

@@ -48,7 +48,7 @@ def test_postfix_runs(host):
     ("smtp_tls_wrappermode", "yes" if PORT == 465 else "no"),
     ("smtp_sasl_auth_enable", "yes"),
     ("smtp_sasl_tls_security_options", "noanonymous"),
-    ("sender_canonical_maps", "regexp:/etc/postfix/sender_canonical"),
+    ("sender_canonical_maps", "regexp:/etc/postfix/postfix_relay_sender"),
     ("smtp_sasl_mechanism_filter", ", ".join(RELAY.get("mechanisms", []))),
 ])
 def test_main_cf_says_what_the_pillar_says(host, name, expected):

@@ -56,7 +56,7 @@ def test_original_setup_is_expressed_with_modern_values():
     assert cf["masquerade_domains"] == "example.org"
     assert cf["relayhost"] == "[smtp.example.net]:587"
     assert cf["recipient_canonical_maps"] == "static:me@example.org"
-    assert cf["sender_canonical_maps"] == "regexp:/etc/postfix/sender_canonical"
+    assert cf["sender_canonical_maps"] == "regexp:/etc/postfix/postfix_relay_sender"
     assert result["sender_rules"].endswith(" pi@example.org\n")
     assert cf["smtp_tls_security_level"] == "encrypt"
     assert cf["smtp_sasl_password_maps"] == "${default_database_type}:/etc/postfix/sasl/passwd"

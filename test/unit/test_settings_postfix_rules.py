@@ -305,3 +305,45 @@ def test_a_build_default_with_macros_is_expanded_or_left_to_postfix():
     facts = {**HOST, "default_database_type": macro}
     assert run(facts=facts)["map_type"] is None  # main.cf: ${default_database_type}
     assert run(facts={**facts, "expand": lambda params, name: "hash"})["map_type"] == "hash"
+
+
+# -- found by a hostile review ---------------------------------------------------
+
+@pytest.mark.parametrize("table_type", ["regexp", "pcre", "static", "proxy", "cidr"])
+def test_password_table_types_that_cannot_hold_key_value_lines_are_refused(table_type):
+    host = dict(HOST, map_types=HOST["map_types"] + [table_type])
+    pillar = {"domain": "example.org", "recipient": "me@example.org",
+              "relay": {"host": "smtp.example.net", "username": "user", "password": "s3cret"},
+              "password_map": {"type": table_type}}
+    with pytest.raises(settings.PillarError, match=r"password_map:type: .*cannot hold"):
+        settings.normalise(pillar, GRAINS, host)
+    refused("main_cf:default_database_type", "cannot hold",
+            main_cf={"default_database_type": table_type}, facts=host)
+
+
+def test_main_cf_levels_are_read_in_any_case_as_postfix_does():
+    assert run(main_cf={"smtp_tls_security_level": "ENCRYPT"})["main_cf"][
+        "smtp_tls_security_level"] == "ENCRYPT"
+    assert run(main_cf={"smtp_dns_support_level": "DNSSEC"}, tls="dane-only")["main_cf"][
+        "smtp_dns_support_level"] == "DNSSEC"
+
+
+@pytest.mark.parametrize("host, words", [
+    ("256.1.1.1", "each part is 0 to 255"),
+    ("1.2.3.999", "each part is 0 to 255"),
+    ("010.1.1.1", "leading zero"),
+    ("[2001:db8::1]:587", "give the port in relay:port"),
+    ("[::1]:25", "give the port in relay:port"),
+])
+def test_relay_host_refusals_say_what_is_wrong(host, words):
+    refused("relay:host", words, host=host)
+
+
+def test_mx_with_a_bracketed_host_is_refused():
+    refused("relay:mx", "brackets", host="[smtp.example.net]", mx=True)
+
+
+def test_the_formulas_sender_table_is_its_own_not_an_admins_sender_canonical():
+    tables = settings.table_paths("/etc/postfix")
+    assert tables["sender"] == "/etc/postfix/postfix_relay_sender"
+    assert "/etc/postfix/sender_canonical" not in tables.values()
