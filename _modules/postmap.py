@@ -345,8 +345,8 @@ def _check_lmdb_keys(pairs):
             shown = f"{key[:40]!r}" + ("..." if len(key) > 40 else "")
             raise SaltInvocationError(
                 f"entries: key {shown} is {size} bytes as Postfix stores it; an lmdb "
-                f"key holds at most {LMDB_MAX_KEY} bytes: shorten the key or use "
-                "another map_type")
+                f"key holds at most {LMDB_MAX_KEY} bytes (LMDB's {LMDB_MAX_KEY + 1} with "
+                "Postfix's final NUL): shorten the key or use another map_type")
 
 
 def render(entries, map_type=None, utf8=True):

@@ -171,8 +171,7 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
         return _fail(ret, exc, _secrets(entries, text) if secret and text else secrets)
     table = f"Table {map_type}:{name}" + (" (empty)" if not text else "")
     if state["in_sync"]:
-        ret["comment"] = f"{table} is in sync"
-        return ret
+        return {**ret, "comment": f"{table} is in sync"}
     why = "; ".join(state["source"] + state["compiled"] +
                     [f"{f} is of another type" for f in state["stale"]])
     if __opts__["test"]:
