@@ -8,7 +8,6 @@ PID namespace (the container dies with the test host).
 
 import os
 import pathlib
-import shutil
 import sys
 
 import pytest
@@ -50,21 +49,20 @@ def install_rsyslog(chroot):
 def host(request, tmp_path_factory):
     suite, logger = request.param
     tmp = tmp_path_factory.mktemp(f"systemd-{suite}-{logger}")
-    chroot = nspawn.build(tmp / "root", suite, f"{suite}-sd")
-    # systemd sets the host name from /etc/hostname at boot (debootstrap
-    # copied the machine's there)
-    chroot.path("/etc/hostname").write_text(chroot.hostname + "\n")
-    if logger == "rsyslog":
-        install_rsyslog(chroot)
+    chroot = nspawn.build(tmp / "tree", suite, f"{suite}-sd")
     box = nspawn.Container(chroot, f"pr-{suite}-{logger}", tmp / "boot.log")
     box.suite, box.logger = suite, logger
     try:
+        # systemd sets the host name from /etc/hostname at boot (debootstrap
+        # copied the machine's there)
+        chroot.path("/etc/hostname").write_text(chroot.hostname + "\n")
+        if logger == "rsyslog":
+            install_rsyslog(chroot)
         box.boot_state = box.start()
         yield box
     finally:
         box.stop()
-        # a gigabyte per variant: not kept for pytest's last three sessions
-        shutil.rmtree(tmp / "root", ignore_errors=True)
+        nspawn.unmount(tmp / "tree")
 
 
 @pytest.fixture(scope="module")

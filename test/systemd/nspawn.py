@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,11 +50,31 @@ def own_cache():
             os.environ["POSTFIX_RELAY_TEST_CACHE"] = old
 
 
-def build(root, suite, hostname):
-    """A session copy of the cached systemd tree of suite."""
+def build(work, suite, hostname):
+    """The cached systemd tree of suite as an overlay under work/root (the
+    copy debian_chroot.build() makes takes 10-40 s per gigabyte on a busy
+    disk; an overlay is instant and the cached tree stays untouched), with
+    what build() adds: resolver, host name, formula. unmount() undoes it."""
     with own_cache():
-        return debian_chroot.build(root, suite, hostname, packages=PACKAGES,
-                                   prepare=fetch_rsyslog)
+        tree = debian_chroot.pristine(suite, packages=PACKAGES, prepare=fetch_rsyslog)
+    root = work / "root"
+    for name in ("root", "upper", "work"):
+        (work / name).mkdir(parents=True)
+    res = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                          f"lowerdir={tree},upperdir={work / 'upper'},workdir={work / 'work'}",
+                          str(root)], capture_output=True, text=True)
+    assert res.returncode == 0, f"overlay on {tree}: {res.stderr}"
+    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    with open(root / "etc/hosts", "a") as hosts:
+        hosts.write(f"127.0.1.1 {hostname}.example.org {hostname}\n")
+    debian_chroot.install_formula(root)
+    return debian_chroot.Chroot(root, hostname)
+
+
+def unmount(work):
+    """The overlay and its writable layer gone (the cached tree stays)."""
+    subprocess.run(["umount", str(work / "root")], capture_output=True, check=False)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 class Container:
