@@ -97,10 +97,11 @@ def _run(argv):
 
 def normalize_mode(mode, default=0o600):
     """
-    A file mode as an int, read as Salt's file states read it: ``0600``,
-    ``'0600'``, ``600`` (what YAML makes of an unquoted 0600) and ``'0o600'``
-    all mean 0600; an int with a digit 8 or 9 is taken as the mode's value
-    (``0o600`` from Python is 384). None gives ``default``.
+    A file mode as an int, read exactly as Salt's file states read it: its
+    digits are the octal mode, so ``0600``, ``'0600'``, ``600`` (what YAML makes
+    of an unquoted 0600) and ``'0o600'`` all mean 0600. A Python octal int is
+    not such a mode: ``0o600`` is the int 384, refused (8 is no octal digit),
+    and ``0o640`` (416) means 0416, as for Salt. None gives ``default``.
 
     CLI Example:
 
@@ -110,20 +111,16 @@ def normalize_mode(mode, default=0o600):
     """
     if mode is None:
         return default
+    hint = "write it quoted, e.g. mode: '0600'"
     if isinstance(mode, bool) or not isinstance(mode, (int, str)):
-        raise SaltInvocationError(f"mode {mode!r} is not a file mode: write it quoted, "
-                                  "e.g. mode: '0600'")
-    if isinstance(mode, int) and re.search(r"[89]", str(mode)):
-        value = mode
-    else:
-        text = salt.utils.files.normalize_mode(mode)
-        if not re.fullmatch(r"[0-7]{1,5}", text or ""):
-            raise SaltInvocationError(f"mode {mode!r} is not an octal file mode: write it "
-                                      "quoted, e.g. mode: '0600'")
-        value = int(text, 8)
-    if not 0 <= value <= 0o7777:
-        raise SaltInvocationError(f"mode {mode!r} is out of range: write it quoted, "
-                                  "e.g. mode: '0600'")
+        raise SaltInvocationError(f"mode {mode!r} is not a file mode: {hint}")
+    text = salt.utils.files.normalize_mode(mode)
+    if not re.fullmatch(r"[0-7]{1,5}", text or ""):
+        raise SaltInvocationError(f"mode {mode!r} is not an octal file mode ({text} has a "
+                                  f"digit other than 0-7): {hint}")
+    value = int(text, 8)
+    if value > 0o7777:
+        raise SaltInvocationError(f"mode {mode!r} is out of range (at most 7777): {hint}")
     return value
 
 

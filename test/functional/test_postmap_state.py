@@ -309,7 +309,7 @@ def test_secret_value_with_unicode_line_separator_never_shows(loaders, table_dir
     assert "horsebattery" not in repr(ret.raw) and "correct" not in repr(ret.raw)
 
 
-@pytest.mark.parametrize("given", [600, "0600", "600", 0o600, "0o600"])
+@pytest.mark.parametrize("given", [600, "0600", "600", "0o600"])
 def test_mode_as_salt_users_write_it(loaders, table_dir, config_dir, given):
     path = table_dir / "passwd"
     ret = managed(loaders, path, config_dir, mode=given)
@@ -321,6 +321,21 @@ def test_mode_as_salt_users_write_it(loaders, table_dir, config_dir, given):
     assert mode(table_dir / "virtual") == 0o644
     assert mod.in_sync(str(table_dir / "virtual"), text, "hash", 644,
                        config_dir=config_dir)["in_sync"] is True
+
+
+@pytest.mark.parametrize("given", [0o600, 0o644])
+def test_python_octal_mode_is_refused_or_read_as_salt_reads_it(loaders, table_dir, config_dir,
+                                                               given):
+    # 0o600 is the int 384 (no octal mode: refused, nothing written); 0o644 is
+    # 420, read as Salt's file states read it: 0420, never 0644 by guess.
+    path = table_dir / "passwd"
+    ret = managed(loaders, path, config_dir, mode=given)
+    if given == 0o600:
+        assert ret.result is False and "'0600'" in ret.comment and "mode" in ret.comment
+        assert not path.exists()
+    else:
+        assert ret.result is True, ret.raw
+        assert mode(path) == 0o420 and mode(f"{path}.db") == 0o420
 
 
 def test_saltenv_defaults_to_the_runs_env(loaders, table_dir, config_dir, tmp_path):

@@ -127,3 +127,26 @@ def test_main_cf_text_does_not_depend_on_parameter_order():
 def test_compatibility_level_is_the_releases_own(release, level):
     control = load_module("_modules/postfix_control.py")
     assert control.compatibility_level(release) == level
+
+
+@pytest.mark.parametrize("given, expected", [
+    (600, 0o600),      # YAML's unquoted 0600 (and 600): the digits are the mode
+    (644, 0o644),
+    ("0600", 0o600),
+    ("600", 0o600),
+    ("0o600", 0o600),
+    # A Python octal int is not a YAML/CLI mode: 0o640 is the int 416, read
+    # like Salt's file states read it, as the digits it prints: 0416.
+    (0o640, 0o416),
+])
+def test_mode_is_read_as_salt_file_states_read_it(given, expected):
+    assert postmap.normalize_mode(given) == expected
+
+
+@pytest.mark.parametrize("given", [0o600, 384, 1999, "0800", 77777, "17777"])
+def test_mode_with_non_octal_digits_or_out_of_range_is_refused(given):
+    # 0o600 is the int 384: its digits are no octal mode; taking 384 as the
+    # value made 0o640 (416) mean 0o640 but 0o644 (420) mean 0420.
+    with pytest.raises(SaltInvocationError) as err:
+        postmap.normalize_mode(given)
+    assert "mode" in str(err.value) and "'0600'" in str(err.value)
