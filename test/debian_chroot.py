@@ -125,7 +125,12 @@ def tree_key(suite, python, packages, prepare=None):
         "requirements": hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest(),
         "prepare": inspect.getsource(prepare) if prepare else None,
     }, sort_keys=True)
-    return f"{suite}-{arch}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
+    # The tree's kind (suite, arch, packages, preparation) names it apart from
+    # its inputs' versions: prune() replaces only older trees of the same kind.
+    kind = hashlib.sha256(json.dumps([python, sorted({*BASE_PACKAGES, *packages}),
+                                      inspect.getsource(prepare) if prepare else None]
+                                     ).encode()).hexdigest()[:8]
+    return f"{suite}-{arch}-{kind}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
 
 
 def pristine(suite, python="python3", packages=(), prepare=None):
@@ -143,7 +148,7 @@ def pristine(suite, python="python3", packages=(), prepare=None):
             make_tree(building, suite, python, packages, prepare)
             shutil.rmtree(tree, ignore_errors=True)
             building.rename(tree)
-            prune(cache, suite, keep=key)
+            prune(cache, key.rsplit("-", 1)[0], keep=key)
     return tree
 
 
@@ -154,9 +159,10 @@ def expired(tree):
     return time.time() - tree.stat().st_mtime > days * 86400
 
 
-def prune(cache, suite, keep):
-    """Trees of this suite made from older inputs: nothing will use them again."""
-    for old in cache.glob(f"{suite}-*"):
+def prune(cache, kind, keep):
+    """Trees of this kind (suite, arch, packages, preparation) made from older
+    inputs: nothing will use them again. Trees of other kinds stay."""
+    for old in cache.glob(f"{kind}-*"):
         if old.name != keep and old.is_dir() and not old.name.endswith(".building"):
             shutil.rmtree(old, ignore_errors=True)
             old.with_name(old.name + ".lock").unlink(missing_ok=True)
@@ -178,7 +184,8 @@ def make_tree(root, suite, python, packages, prepare):
     chroot.run(python, "-m", "venv", "/opt/salt")
     chroot.run("/opt/salt/bin/pip", "install", "-q", "--disable-pip-version-check",
                "--no-cache-dir", "-c", "/tmp/requirements.txt", f"salt=={salt_version()}",
-               env={"SSL_CERT_FILE": "/tmp/host-ca.crt"}, timeout=1200, network=True)
+               env={"SSL_CERT_FILE": "/tmp/host-ca.crt",  # pip 23 (bookworm) reads:
+                    "REQUESTS_CA_BUNDLE": "/tmp/host-ca.crt"}, timeout=1200, network=True)
     for name in ("host-ca.crt", "requirements.txt"):
         (root / "tmp" / name).unlink()
     if prepare:
