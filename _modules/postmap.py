@@ -153,25 +153,37 @@ def _wanted(path, mode, user, group):
             current[2] if group is None else _id(group, "group"))
 
 
-def _source_path(path):
-    """Where the source is written: a symlinked name is followed, as
-    file.managed does (Postfix reads the compiled files beside the name)."""
+def _check_name(path):
+    """Refuse a name that is no table file path (one message for every caller)."""
     if not isinstance(path, str) or not os.path.isabs(path):
         raise SaltInvocationError(f"name {path!r} is not an absolute path: give the "
                                   "table's full path, e.g. /etc/postfix/virtual")
     if os.path.isdir(path):
         raise SaltInvocationError(f"{path} is a directory: name must be a table file")
+
+
+def _missing_directory(path):
+    """Why the table cannot be written yet (a missing directory), or None.
+    A dangling link's target is created, as file.managed writes through the
+    link; a missing directory is not (file.managed: "Parent directory not
+    present"), for the compiled files beside the name nor for the target."""
     real = os.path.realpath(path)
-    # A dangling link's target is created, as file.managed writes through the
-    # link; a missing directory is not (file.managed: "Parent directory not
-    # present"), for the compiled files beside the name nor for the target.
     for directory in dict.fromkeys([os.path.dirname(path), os.path.dirname(real)]):
         if not os.path.isdir(directory):
             via = f" (the target of the symlink {path})" if os.path.islink(path) else ""
-            raise SaltInvocationError(
-                f"directory {directory}{via} does not exist: create it first "
-                "(file.directory) or fix the name")
-    return real
+            return (f"directory {directory}{via} does not exist: create it first "
+                    "(file.directory) or fix the name")
+    return None
+
+
+def _source_path(path):
+    """Where the source is written: a symlinked name is followed, as
+    file.managed does (Postfix reads the compiled files beside the name)."""
+    _check_name(path)
+    missing = _missing_directory(path)
+    if missing:
+        raise SaltInvocationError(missing)
+    return os.path.realpath(path)
 
 
 def _with_newline(text):
@@ -660,7 +672,14 @@ def in_sync(path, text, map_type=None, mode="0600", user="root", group="root",
         salt-call postmap.in_sync /etc/postfix/sasl/passwd "$(cat /etc/postfix/sasl/passwd)"
     """
     map_type = map_type or default_type(config_dir)
-    source_path = _source_path(path)
+    _check_name(path)
+    files = compiled_files(path, map_type)
+    if _missing_directory(path):
+        # Pending, not an error: in a dry run the file.directory that makes
+        # it only reports; build() (a real run) refuses it.
+        return {"in_sync": False, "source": ["source missing"],
+                "compiled": ["source changed"] if files else [], "stale": []}
+    source_path = os.path.realpath(path)
     data = _with_newline(text).encode()
     wanted = _wanted(source_path, mode, user, group)
     source, compiled = [], []
@@ -677,7 +696,6 @@ def in_sync(path, text, map_type=None, mode="0600", user="root", group="root",
             source.append("source content differs")
         if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != wanted:
             source.append("source mode or owner differs")
-    files = compiled_files(path, map_type)
     if files and not source:
         compiled = _compiled_reasons(path, map_type, data, st, wanted, config_dir, stamp)
     elif files:
@@ -872,12 +890,7 @@ def present(path, map_type=None):
 
         salt-call postmap.present /etc/postfix/old_map
     """
-    if not isinstance(path, str) or not os.path.isabs(path):
-        raise SaltInvocationError(f"name {path!r} is not an absolute path: give the "
-                                  "table's full path, e.g. /etc/postfix/virtual")
-    if os.path.isdir(path):
-        raise SaltInvocationError(f"{path} is a directory, not a table: give the "
-                                  "table's file path")
+    _check_name(path)
     suffixes = INDEXED.get(map_type, ()) if map_type else \
         sorted({s for group in INDEXED.values() for s in group})
     return [p for p in [path] + [path + s for s in suffixes] if os.path.lexists(p)]

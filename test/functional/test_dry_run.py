@@ -230,3 +230,23 @@ def test_aliases_built_dry_run(loaders, layout):
     subprocess.run(["postalias", "-c", str(conf), f"hash:{aliases}"], check=True)
     ret = build()
     assert (ret.result, ret.changes) == (True, {}), ret.comment
+
+
+def test_table_in_a_directory_not_created_yet_dry_run(loaders, layout):
+    # A fresh host (or a password first added): the sasl directory is made by
+    # a file.directory that only reports under test=True.
+    path = layout["root"] / "sasl" / "passwd"
+    before = tree(layout["root"])
+    ret = loaders.states.postmap.managed(
+        name=str(path), entries={"[smtp.example.net]:587": "user:S3cretPw"}, map_type="hash",
+        secret=True, config_dir=str(layout["conf"]), test=True)
+    assert ret.result is None, ret.comment
+    assert ret.changes == {"created": True, "compiled": "rebuilt"}
+    assert "S3cretPw" not in repr(ret.raw)
+    assert tree(layout["root"]) == before
+    # The real run still refuses to create the directory (file.directory's job).
+    ret = loaders.states.postmap.managed(
+        name=str(path), entries={"[smtp.example.net]:587": "user:S3cretPw"}, map_type="hash",
+        secret=True, config_dir=str(layout["conf"]))
+    assert ret.result is False and "does not exist" in ret.comment
+    assert tree(layout["root"]) == before
