@@ -655,13 +655,14 @@ def query(path, key, map_type=None, config_dir="/etc/postfix"):
 
 
 def in_sync(path, text, map_type=None, mode="0600", user="root", group="root",
-            config_dir="/etc/postfix", stamp=True):
+            config_dir="/etc/postfix", stamp=True, prune_other_types=True):
     """
     Whether a table matches the declared text; returns ``{"in_sync": bool,
     "source": [reasons], "compiled": [reasons], "stale": [files]}``. Source
     reasons need the source rewritten; compiled reasons need a rebuild; stale
-    files are compiled files of another type to remove. Text without a final
-    newline counts as if it had one; mode, user and group as in ``build``.
+    files are compiled files of another type to remove (none listed, and not
+    part of in sync, when ``prune_other_types`` is False). Text without a
+    final newline counts as if it had one; mode, user and group as in ``build``.
     A table found in sync by comparing entries is stamped (in Salt's cache)
     unless ``stamp`` is False (a dry run writes nothing).
 
@@ -700,7 +701,7 @@ def in_sync(path, text, map_type=None, mode="0600", user="root", group="root",
         compiled = _compiled_reasons(path, map_type, data, st, wanted, config_dir, stamp)
     elif files:
         compiled = ["source changed"]
-    stale = stale_files(path, map_type)
+    stale = stale_files(path, map_type) if prune_other_types else []
     return {"in_sync": not (source or compiled or stale), "source": source,
             "compiled": compiled, "stale": stale}
 
@@ -814,11 +815,14 @@ def _place(tmp, target, mode, uid, gid):
 
 
 def build(path, text, map_type=None, mode="0600", user="root", group="root",
-          config_dir="/etc/postfix", secrets=None):
+          config_dir="/etc/postfix", secrets=None, prune_other_types=True):
     """
     Write the source and (indexed types) compile it, atomically: both are built
     under temporary names and renamed into place, compiled table first; then
-    compiled files of other types beside it are removed. A symlinked path is
+    compiled files of other types beside it are removed (kept when
+    ``prune_other_types`` is False: while main.cf still names the old type,
+    Postfix reads them; remove them with ``prune`` once it names the new
+    one). A symlinked path is
     followed for the source (Postfix reads the compiled files beside the
     link). ``mode`` as Salt's file states read it; ``mode``, ``user`` or
     ``group`` None keep the existing source's (new: 0600 root:root); names or
@@ -854,7 +858,23 @@ def build(path, text, map_type=None, mode="0600", user="root", group="root",
         for leftover in made:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
-    removed = stale_files(path, map_type)
+    return prune(path, map_type, config_dir) if prune_other_types else []
+
+
+def prune(path, map_type=None, config_dir="/etc/postfix"):
+    """
+    Remove the compiled files of other indexed types beside a table (see
+    ``stale_files``); only once Postfix's config names ``map_type``: it reads
+    the old type's files until then. Returns the removed files.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postmap.prune /etc/postfix/sasl/passwd lmdb
+    """
+    _check_name(path)
+    removed = stale_files(path, map_type or default_type(config_dir))
     for leftover in removed:
         os.unlink(leftover)
     return removed

@@ -126,11 +126,13 @@ def _changes(name, text, state, mode, user, group, secret, utf8):
 
 def managed(name, entries=None, source=None, contents=None, map_type=None, mode="0600",
             user="root", group="root", secret=False, config_dir="/etc/postfix",
-            saltenv=None, entries_from=None):
+            saltenv=None, entries_from=None, prune_other_types=True):
     """
     Keep a lookup table in sync: source as declared, compiled table (indexed
-    types) present, current, of the declared type and holding exactly the
-    source's entries; compiled files of another type beside it are removed.
+    types) current, of the declared type, holding exactly the source's
+    entries; compiled files of another type beside it are removed unless
+    ``prune_other_types`` is False (a type change while main.cf names the old
+    type: then ``postmap.other_types_absent`` once main.cf names the new one).
 
     name
         Absolute path of the source file; the compiled table is written beside
@@ -142,15 +144,12 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
         never sit in the rendered SLS; it gets ``saltenv`` when it takes it).
         Exactly one. An empty mapping makes an empty table.
     map_type
-        Table type; default: the ``default_database_type`` of config_dir's
-        main.cf (Postfix's built-in default when unset).
+        Table type; default: config_dir's ``default_database_type``.
     mode / user / group
-        As file.managed takes them: ``0600``, ``'0600'`` and ``600`` are all
-        0600; names or numeric ids. None keeps the existing file's (a new
-        file: 0600 root:root).
+        As file.managed: ``0600``, ``'0600'``, ``600`` are 0600 (Python's
+        0o600 is refused); names or ids. None keeps the file's (new: 0600 root).
     saltenv / secret
-        For ``source`` and ``entries_from``, default: the run's environment /
-        never show values (changes list keys only).
+        For source and entries_from (default: the run's) / show keys only.
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     mod = __salt__
@@ -165,7 +164,7 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
         text = _text(entries, source, contents, saltenv, map_type, utf8)
         mod["postmap.check_type"](map_type, config_dir)
         state = mod["postmap.in_sync"](name, text, map_type, mode, user, group, config_dir,
-                                       stamp=not __opts__["test"])
+                                       not __opts__["test"], prune_other_types)
         changes = _changes(name, text, state, mode, user, group, secret, utf8)
     except Exception as exc:  # pylint: disable=broad-except
         return _fail(ret, exc, _secrets(entries, text) if secret and text else secrets)
@@ -178,7 +177,8 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
         ret.update(result=None, changes=changes, comment=f"{table} would be rebuilt ({why})")
         return ret
     try:
-        mod["postmap.build"](name, text, map_type, mode, user, group, config_dir, secrets)
+        mod["postmap.build"](name, text, map_type, mode, user, group, config_dir, secrets,
+                             prune_other_types)
     except Exception as exc:  # pylint: disable=broad-except
         # every value of the text too (parsed only now: a no-op parses nothing)
         return _fail(ret, exc, _secrets(entries, text) if secret else [])
@@ -186,7 +186,7 @@ def managed(name, entries=None, source=None, contents=None, map_type=None, mode=
     return ret
 
 
-def absent(name, map_type=None, config_dir="/etc/postfix"):  # pylint: disable=unused-argument
+def absent(name, map_type=None, config_dir="/etc/postfix"):
     """
     Remove a table's source and compiled files (of every indexed type unless
     map_type is given).
@@ -205,4 +205,38 @@ def absent(name, map_type=None, config_dir="/etc/postfix"):  # pylint: disable=u
     except Exception as exc:  # pylint: disable=broad-except
         return _fail(ret, exc, [])
     ret["comment"] = f"Table {name} removed"
+    return ret
+
+
+def other_types_absent(name, map_type=None, config_dir="/etc/postfix"):
+    """
+    Remove the compiled files of other indexed types beside a table (left by
+    an earlier map_type; they may hold old passwords). Run it after the state
+    that makes main.cf name the new type (``require``): Postfix reads the old
+    files until then.
+
+    .. code-block:: yaml
+
+        /etc/postfix/sasl/passwd:
+          postmap.other_types_absent:
+            - map_type: lmdb      # default: postconf -h default_database_type
+            - require:
+              - postfix_control: postfix-main-cf
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    mod = __salt__
+    try:
+        map_type = map_type or mod["postmap.default_type"](config_dir)
+        stale = mod["postmap.stale_files"](name, map_type)
+        if not stale:
+            return {**ret, "comment": f"No compiled file of another type than {map_type} "
+                                      f"beside {name}"}
+        if __opts__["test"]:
+            return {**ret, "result": None, "changes": {"removed_files": stale},
+                    "comment": f"Compiled files of another type than {map_type} would be "
+                               "removed"}
+        ret["changes"] = {"removed_files": mod["postmap.prune"](name, map_type, config_dir)}
+    except Exception as exc:  # pylint: disable=broad-except
+        return _fail(ret, exc, [])
+    ret["comment"] = f"Compiled files of another type than {map_type} removed"
     return ret

@@ -81,6 +81,9 @@ postfix-relay-config-password-table:
     - mode: "0600"
     - secret: true
     - config_dir: {{ conf }}
+    {#- on a type change the live main.cf still reads the old compiled file:
+        it goes in postfix-relay-config-password-table-other-types, after main.cf #}
+    - prune_other_types: false
 {%- else %}
   postmap.absent:
     - name: {{ s.tables.password }}
@@ -168,3 +171,17 @@ postfix-relay-config-main-cf:
       - postmap: postfix-relay-config-sender
       - postmap: postfix-relay-config-reply-to
       - postmap: postfix-relay-config-recipients
+{%- if s.sasl %}
+
+{#- compiled files of an earlier map_type (old passwords), removed only once
+    main.cf names the new type: until then Postfix reads them #}
+postfix-relay-config-password-table-other-types:
+  postmap.other_types_absent:
+    - name: {{ s.tables.password }}
+    {%- if s.map_type %}
+    - map_type: {{ s.map_type }}
+    {%- endif %}
+    - config_dir: {{ conf }}
+    - require:
+      - postfix_control: postfix-relay-config-main-cf
+{%- endif %}

@@ -180,6 +180,23 @@ def test_oauth2_pillar_renders_the_xoauth2_states(loaders, private_conf):
     assert "postfix-relay-config-xoauth2-token" in high
 
 
+def test_old_type_files_go_only_after_main_cf(loaders, private_conf):
+    """A map_type change: the password table keeps the old type's compiled
+    file (the live main.cf still reads it); it is removed after main.cf."""
+    pillar = full_pillar("password", private_conf)
+    pillar["postfix_relay"]["password_map"] = {"type": "btree"}
+    _, _, chunks, errors = render(loaders.opts, pillar, "postfix_relay")
+    assert errors == []
+    by_id = {c["__id__"]: c for c in chunks}
+    table = by_id["postfix-relay-config-password-table"]
+    assert table["fun"] == "managed" and table["prune_other_types"] is False
+    prune = by_id["postfix-relay-config-password-table-other-types"]
+    assert (prune["state"], prune["fun"], prune["name"]) == \
+        ("postmap", "other_types_absent", table["name"])
+    assert prune["map_type"] == "btree"
+    assert {"postfix_control": "postfix-relay-config-main-cf"} in prune["require"]
+
+
 RENDERED = {}  # pillar name: the State and its ordered chunks (this module's pillars)
 
 
