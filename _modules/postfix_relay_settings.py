@@ -860,7 +860,11 @@ def lookup(saltenv=None):
         salt-call postfix_relay_settings.lookup saltenv=dev
     """
     saltenv = _saltenv(saltenv)
-    key = f"postfix_relay_settings.lookup:{saltenv}"
+    # cached for the run: the three SLS files that import map.jinja merge once;
+    # keyed by everything the merge reads (older Salt keeps __context__ longer)
+    pillar_lookup = (__pillar__.get(PILLAR_ROOT) or {}).get("lookup") or {}
+    key = "postfix_relay_settings.lookup:" + json.dumps(
+        [saltenv, __grains__.get("os_family"), pillar_lookup], sort_keys=True, default=str)
     if key not in __context__:
         import salt.utils.yaml  # pylint: disable=import-outside-toplevel
 
@@ -870,7 +874,6 @@ def lookup(saltenv=None):
 
         merged = _merge(load("defaults.yaml").get("lookup", {}),
                         load("osfamilymap.yaml").get(__grains__.get("os_family"), {}))
-        pillar_lookup = (__pillar__.get(PILLAR_ROOT) or {}).get("lookup") or {}
         if not isinstance(pillar_lookup, dict):
             _fail("lookup", "must be a mapping (see postfix_relay/osfamilymap.yaml)")
         __context__[key] = _merge(merged, pillar_lookup)

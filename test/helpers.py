@@ -13,3 +13,17 @@ def load_module(relpath, name=None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def salt_major():
+    """The major release of the Salt running the tests (3008, 3007, 3006)."""
+    import salt.version  # noqa: PLC0415 (only suites that have Salt call this)
+
+    return salt.version.__saltstack_version__.major
+
+
+# Older Salt's loaders keep the grains and file_roots a module first saw: a test
+# that switches them mid-session (os_family, a second saltenv) can only judge
+# the formula on 3008; the formula's code is the same on all three.
+NEEDS_SALT_3008_LOADERS = (
+    "the loaders of Salt < 3008 keep the grains and file_roots a module first saw")

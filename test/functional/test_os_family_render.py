@@ -11,6 +11,10 @@ import subprocess
 
 import pytest
 
+from helpers import NEEDS_SALT_3008_LOADERS, salt_major
+
+pytestmark = pytest.mark.skipif(salt_major() < 3008, reason=NEEDS_SALT_3008_LOADERS)
+
 # What each OS ships, from its own packaging: the Postfix package, the one
 # holding the Cyrus SASL PLAIN/LOGIN client plugins, Postfix's config dir and
 # the system CA bundle.

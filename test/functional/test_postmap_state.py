@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from helpers import NEEDS_SALT_3008_LOADERS, salt_major
+
 SECRET = "S3cr3t-table-pw"
 ENTRIES = {"[smtp.example.net]:587": f"user:{SECRET}", "[backup.example.net]:465": "u2:pw2"}
 
@@ -338,6 +340,7 @@ def test_python_octal_mode_is_refused_or_read_as_salt_reads_it(loaders, table_di
         assert mode(path) == 0o420 and mode(f"{path}.db") == 0o420
 
 
+@pytest.mark.skipif(salt_major() < 3008, reason=NEEDS_SALT_3008_LOADERS)
 def test_saltenv_defaults_to_the_runs_env(loaders, table_dir, config_dir, tmp_path):
     dev = tmp_path / "dev_root"
     (dev / "tables").mkdir(parents=True)
