@@ -109,7 +109,8 @@ def tree_key(suite, python, packages):
         "arch": ARCH, "mirror": MIRROR, "python": python,
         "packages": sorted({*BASE_PACKAGES, *packages}),
         "requirements": hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest(),
-        "make_tree": inspect.getsource(make_tree) + inspect.getsource(install_salt),
+        "make_tree": "".join(inspect.getsource(step) for step in
+                             (make_tree, install_salt, fetch_wheels)),
     }, sort_keys=True)
     return f"pi-{suite}-{ARCH}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
 
@@ -154,15 +155,61 @@ def make_tree(root, suite, python, packages):
 
 
 def install_salt(chroot, python):
-    """The pinned Salt in /opt/salt, pip run inside the tree with the machine's
-    network (and its CA bundle: PyPI may be reached through a TLS proxy)."""
-    tmp = chroot.path("/tmp")
-    shutil.copy("/etc/ssl/certs/ca-certificates.crt", tmp / "host-ca.crt")
-    shutil.copy("/etc/resolv.conf", chroot.path("/etc/resolv.conf"))
-    shutil.copy(REPO / "requirements.txt", tmp / "requirements.txt")
+    """The pinned Salt in /opt/salt. Under emulation pip is slow at everything
+    (resolving, building salt's sdist, compiling .pyc), so the machine does
+    those natively: wheels for arm64 fetched here, pure sdists (salt) built
+    here, .pyc compiled here; only C sdists (timelib) are built in the tree."""
+    wheels = chroot.path("/tmp/wheels")
+    wheels.mkdir()
+    fetch_wheels(wheels)
+    shutil.copy(REPO / "requirements.txt", wheels / "requirements.txt")
     chroot.run(python, "-m", "venv", "/opt/salt")
+    # -O1: timelib's parse_date.c at -O2 takes minutes under emulation.
     chroot.run("/opt/salt/bin/pip", "install", "-q", "--disable-pip-version-check",
-               "--no-cache-dir", "-c", "/tmp/requirements.txt", f"salt=={salt_version()}",
-               env={"PIP_CERT": "/tmp/host-ca.crt"}, timeout=3600, download=True)
-    for name in ("host-ca.crt", "requirements.txt"):
-        (tmp / name).unlink()
+               "--no-index", "--find-links", "/tmp/wheels", "--no-compile",
+               "-c", "/tmp/wheels/requirements.txt", f"salt=={salt_version()}",
+               env={"CFLAGS": "-O1"}, timeout=3600)
+    shutil.rmtree(wheels)
+    # The machine's python3 is Debian 12's 3.11 too: the same .pyc format.
+    site = chroot.path("/opt/salt/lib")
+    subprocess.run(["python3", "-m", "compileall", "-q", "-j0", "-s", str(chroot.root),
+                    "-p", "/", str(site)], check=True, capture_output=True)
+
+
+def pip(*args, timeout=900):
+    """The machine's pip (the repository's venv), with its network."""
+    res = subprocess.run(machine_net([str(REPO / ".venv/bin/pip"), *args]),
+                         capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"pip {args[:3]}: {res.stderr[-3000:]}"
+    return res
+
+
+def fetch_wheels(wheels):
+    """Every distribution pinned Salt needs, as arm64/pure wheels in wheels
+    (resolved here, natively), or as an sdist where no wheel exists."""
+    report = wheels / "report.json"
+    pip("install", "-q", "--dry-run", "--ignore-installed", "--report", str(report),
+        "-c", str(REPO / "requirements.txt"), f"salt=={salt_version()}")
+    items = json.loads(report.read_text())["install"]
+    report.unlink()
+    binary, sdists = [], []
+    for item in items:
+        pin = f"{item['metadata']['name']}=={item['metadata']['version']}"
+        (binary if item["download_info"]["url"].endswith(".whl") else sdists).append(pin)
+    for pin in sdists:
+        pip("wheel", "-q", "--no-deps", "-w", str(wheels), pin)
+        name = pin.split("==")[0].replace("-", "_").lower() + "-"
+        for built in wheels.glob("*.whl"):
+            if built.name.lower().startswith(name) and not built.name.endswith("-none-any.whl"):
+                # A C extension built for this machine: the tree builds it.
+                built.unlink()
+                pip("download", "-q", "--no-deps", "--no-binary=:all:", "-d", str(wheels), pin)
+                binary += ["setuptools", "Cython", "wheel"]  # its build requirements
+    pip("download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
+        "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+        *[arg for tag in ARM64_TAGS for arg in ("--platform", tag)], "-d", str(wheels), *binary)
+
+
+# manylinux tags Debian 12's glibc (2.36) and arm64 accept: pip matches them one by one.
+ARM64_TAGS = ["linux_aarch64", "manylinux2014_aarch64"] + [
+    f"manylinux_2_{minor}_aarch64" for minor in range(17, 37)]
