@@ -184,8 +184,9 @@ def make_tree(root, suite, python, packages, prepare):
     chroot.run(python, "-m", "venv", "/opt/salt")
     chroot.run("/opt/salt/bin/pip", "install", "-q", "--disable-pip-version-check",
                "--no-cache-dir", "-c", "/tmp/requirements.txt", f"salt=={salt_version()}",
-               env={"SSL_CERT_FILE": "/tmp/host-ca.crt",  # pip 23 (bookworm) reads these:
-                    "REQUESTS_CA_BUNDLE": "/tmp/host-ca.crt", "PIP_CERT": "/tmp/host-ca.crt"}, timeout=1200, network=True)
+               env={name: "/tmp/host-ca.crt"  # pip 23 (bookworm) ignores SSL_CERT_FILE
+                    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")},
+               timeout=1200, network=True)
     for name in ("host-ca.crt", "requirements.txt"):
         (root / "tmp" / name).unlink()
     if prepare:
