@@ -15,8 +15,9 @@ mode and owner, and (indexed types) the compiled table exists, is not older
 than the source and holds exactly the source's entries. After each build a
 stamp (source digest and the compiled file's inode, size and mtime) is kept in
 Salt's cache, so a no-op check reads the source and stats the table instead of
-dumping it; without a matching stamp the table is dumped (``postmap -s``) and
-compared entry by entry, or rebuilt where its type cannot be dumped (cdb).
+dumping it; without a matching stamp the table is listed (``postmap -s``; a cdb
+file, which postmap -s cannot list, is read directly) and compared entry by
+entry.
 """
 
 import contextlib
@@ -45,8 +46,6 @@ INDEXED = {
     "dbm": (".dir", ".pag"),
     "sdbm": (".dir", ".pag"),
 }
-# Types that postmap -s can list (sequence operation); cdb is read directly.
-DUMPABLE = {"hash", "btree", "lmdb", "dbm", "sdbm", "cdb"}
 PACKAGES = {  # Debian packages of the dynamically loaded types
     "lmdb": "postfix-lmdb", "cdb": "postfix-cdb", "pcre": "postfix-pcre",
     "ldap": "postfix-ldap", "mysql": "postfix-mysql", "pgsql": "postfix-pgsql",
@@ -723,9 +722,8 @@ def _compiled_reasons(path, map_type, data, source_st, wanted, config_dir, recor
         return []
     if found and found.get("type") not in (None, map_type):
         return [f"compiled table built as {found['type']}, declared {map_type}"]
-    # No stamp of ours for these files: compare entry by entry.
-    if map_type not in DUMPABLE:
-        return ["compiled table not built by this state (cannot be listed: rebuilt)"]
+    # No stamp of ours for these files: compare entry by entry (every
+    # indexed type can be listed: postmap -s, cdb read directly).
     try:
         entries = dump(path, map_type, config_dir)
     except CommandExecutionError:

@@ -10,8 +10,6 @@ left alone when only the plugin refreshed it.
         - user: postfix
 """
 
-import inspect
-
 __virtualname__ = "postfix_xoauth2"
 
 
@@ -24,12 +22,7 @@ def __virtual__():
 def _data(data_from):
     """The token file's starting content from data_from, asked for this run's
     environment when the function takes a saltenv."""
-    func = __salt__[data_from]
-    try:
-        takes_env = "saltenv" in inspect.signature(func).parameters
-    except (TypeError, ValueError):  # no signature to read: call it plainly
-        takes_env = False
-    data = func(saltenv=__env__) if takes_env else func()
+    data = __utils__["salt_calls.call_with_saltenv"](__salt__[data_from], __env__)
     if not isinstance(data, dict):
         raise ValueError(f"{data_from} did not return a mapping")
     return data

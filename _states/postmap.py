@@ -27,8 +27,6 @@ reports. Changes are empty when nothing changed, so ``watch``/``onchanges``
 reload Postfix only when a table really changed.
 """
 
-import inspect
-
 __virtualname__ = "postmap"
 
 
@@ -71,12 +69,7 @@ def _entries_from(function, entries, saltenv):
     if entries is not None:
         raise ValueError("give exactly one of entries, source, contents or entries_from")
     try:
-        func = __salt__[function]
-        try:
-            params = inspect.signature(func).parameters
-        except (TypeError, ValueError):
-            params = {}
-        entries = func(saltenv=saltenv) if "saltenv" in params else func()
+        entries = __utils__["salt_calls.call_with_saltenv"](__salt__[function], saltenv)
     except Exception as exc:  # pylint: disable=broad-except
         raise ValueError(f"entries_from {function}: {exc}") from None
     if not isinstance(entries, dict):
