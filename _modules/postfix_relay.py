@@ -150,7 +150,8 @@ def _table_problems(result, conf, config_dir):
                   f"{outdated[0]} was built", f"run `postmap {spec}` or re-apply postfix_relay")
         if result["credentials"]["key"] is None and relay and os.path.exists(path):
             keys = [k for k, _ in __salt__["postmap.parse"](
-                __salt__["postfix_control.read_file"](path) or "")]
+                __salt__["postfix_control.read_file"](path) or "",
+                __salt__["postmap.folds_utf8"](config_dir))]
             near = [k for k in keys if relay["host"].lower() in k.lower()]
             _diag(result, f"no entry in {spec} for {relay['host']!r} or {relay['dest']!r} "
                   f"(the keys Postfix looks up){': found ' + ', '.join(near) if near else ''}",
@@ -260,46 +261,16 @@ def probe(relay=None, timeout=10, config_dir="/etc/postfix"):
     conf = config(config_dir)
     if relay:
         conf["relayhost"] = relay
-    target = parse_relayhost(conf["relayhost"])
-    result = {"relayhost": conf["relayhost"], "ok": False}
+    result, target = _probe_target(conf)
     if not target:
-        _diag(result, "relayhost is empty: Postfix delivers directly, not through a relay",
-              "set postfix_relay:relay:host and apply postfix_relay")
         return result
-    level = conf["smtp_tls_security_level"] or "none"
-    wrapper = conf["smtp_tls_wrappermode"] == "yes"
-    host, port = target["host"], target["port"]
-    result.update(host=host, port=port, tls_level=level, wrappermode=wrapper)
-    if target["mx"]:
-        result["note"] = "relayhost without brackets: Postfix looks up MX records first; " \
-                         "this probe connects to the name itself"
     creds, secret = ({"key": None}, None)
     if conf["smtp_sasl_auth_enable"] == "yes":
         creds, secret = lookup_credentials(conf, config_dir)
         result["credentials"] = creds
         _table_problems(result, conf, config_dir)
-    try:
-        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        _diag(result, f"the relay name {host} does not resolve ({exc.strerror})",
-              "check relay:host and this host's DNS (/etc/resolv.conf)")
-        return result
-    try:
-        plain_first = _banner_first(host, port, min(timeout, 5))
-    except OSError as exc:
-        _diag(result, f"relay {host}:{port} is unreachable: {exc.strerror or exc}",
-              "check relay:host and relay:port, and that the relay and firewalls allow it")
-        return result
-    if wrapper and plain_first:
-        _diag(result, f"port {port} speaks plain SMTP first (STARTTLS), but "
-              "smtp_tls_wrappermode = yes expects TLS from the first byte",
-              "use port 465 for implicit TLS, or turn wrappermode off (relay:port 587)")
-        return result
-    if not wrapper and not plain_first:
-        _diag(result, f"port {port} sends no SMTP greeting: it expects implicit TLS "
-              "(port 465 style), but smtp_tls_wrappermode = no",
-              "set relay:port 465 (postfix_relay turns wrappermode on), or "
-              "main_cf smtp_tls_wrappermode: yes")
+    host, port, wrapper = target["host"], target["port"], result["wrappermode"]
+    if not _reachable_as_configured(result, host, port, wrapper, timeout):
         return result
     helo = conf["myhostname"] or socket.getfqdn()
     try:
@@ -309,30 +280,83 @@ def probe(relay=None, timeout=10, config_dir="/etc/postfix"):
               "check relay:host, relay:port and relay:tls")
         return result
     with smtp:
-        result["tls"] = tls and {"protocol": smtp.sock.version(),
-                                 "cipher": smtp.sock.cipher()[0],
-                                 "certificate": _cert_info(smtp.sock)}
-        if not tls and level not in ("none", "may"):
-            _diag(result, "the relay offers no STARTTLS, and smtp_tls_security_level = "
-                  f"{level} requires TLS: Postfix defers all mail",
-                  "use the relay's submission port with TLS (587 or 465)")
-        offered = (smtp.esmtp_features.get("auth") or "").upper().split()
-        result["mechanisms_offered"] = offered
-        if tls and level == "fingerprint":
-            _check_fingerprint(result, smtp.sock, conf)
-        elif tls and level not in DANE_LEVELS:
-            _verify_cert(result, host, port, wrapper, conf, timeout, helo, level)
-        # The password goes only where Postfix would send it: inside TLS, and
-        # to a verified certificate when the level asks for verification.
-        trusted = credentials_allowed(level, tls, (result["tls"] or {}).get("verified"))
-        if tls and level in DANE_LEVELS:
-            result["tls"]["verified"] = None
-            result["tls"]["verify_error"] = "not checked: probe does not look up DANE " \
-                                            "TLSA records (Postfix does)"
+        trusted = _session_tls(result, conf, smtp, tls, timeout, helo)
         if conf["smtp_sasl_auth_enable"] == "yes":
+            offered = result["mechanisms_offered"]
             _sasl(result, conf, smtp, offered, creds, secret, trusted, config_dir)
     result["ok"] = not result.get("diagnosis")
     return result
+
+
+def _probe_target(conf):
+    """The result's first fields and the relay to probe (None: no relayhost)."""
+    target = parse_relayhost(conf["relayhost"])
+    result = {"relayhost": conf["relayhost"], "ok": False}
+    if not target:
+        _diag(result, "relayhost is empty: Postfix delivers directly, not through a relay",
+              "set postfix_relay:relay:host and apply postfix_relay")
+        return result, None
+    result.update(host=target["host"], port=target["port"],
+                  tls_level=conf["smtp_tls_security_level"] or "none",
+                  wrappermode=conf["smtp_tls_wrappermode"] == "yes")
+    if target["mx"]:
+        result["note"] = "relayhost without brackets: Postfix looks up MX records first; " \
+                         "this probe connects to the name itself"
+    return result, target
+
+
+def _reachable_as_configured(result, host, port, wrapper, timeout):
+    """The relay resolves, answers, and speaks first as wrappermode expects."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        _diag(result, f"the relay name {host} does not resolve ({exc.strerror})",
+              "check relay:host and this host's DNS (/etc/resolv.conf)")
+        return False
+    try:
+        plain_first = _banner_first(host, port, min(timeout, 5))
+    except OSError as exc:
+        _diag(result, f"relay {host}:{port} is unreachable: {exc.strerror or exc}",
+              "check relay:host and relay:port, and that the relay and firewalls allow it")
+        return False
+    if wrapper and plain_first:
+        _diag(result, f"port {port} speaks plain SMTP first (STARTTLS), but "
+              "smtp_tls_wrappermode = yes expects TLS from the first byte",
+              "use port 465 for implicit TLS, or turn wrappermode off (relay:port 587)")
+        return False
+    if not wrapper and not plain_first:
+        _diag(result, f"port {port} sends no SMTP greeting: it expects implicit TLS "
+              "(port 465 style), but smtp_tls_wrappermode = no",
+              "set relay:port 465 (postfix_relay turns wrappermode on), or "
+              "main_cf smtp_tls_wrappermode: yes")
+        return False
+    return True
+
+
+def _session_tls(result, conf, smtp, tls, timeout, helo):
+    """TLS of the open session, its certificate checked as the level asks, and
+    the AUTH mechanisms offered; whether the credentials may be sent."""
+    host, port, level = result["host"], result["port"], result["tls_level"]
+    result["tls"] = tls and {"protocol": smtp.sock.version(),
+                             "cipher": smtp.sock.cipher()[0],
+                             "certificate": _cert_info(smtp.sock)}
+    if not tls and level not in ("none", "may"):
+        _diag(result, "the relay offers no STARTTLS, and smtp_tls_security_level = "
+              f"{level} requires TLS: Postfix defers all mail",
+              "use the relay's submission port with TLS (587 or 465)")
+    result["mechanisms_offered"] = (smtp.esmtp_features.get("auth") or "").upper().split()
+    if tls and level == "fingerprint":
+        _check_fingerprint(result, smtp.sock, conf)
+    elif tls and level not in DANE_LEVELS:
+        _verify_cert(result, host, port, result["wrappermode"], conf, timeout, helo, level)
+    # The password goes only where Postfix would send it: inside TLS, and
+    # to a verified certificate when the level asks for verification.
+    trusted = credentials_allowed(level, tls, (result["tls"] or {}).get("verified"))
+    if tls and level in DANE_LEVELS:
+        result["tls"]["verified"] = None
+        result["tls"]["verify_error"] = "not checked: probe does not look up DANE " \
+                                        "TLSA records (Postfix does)"
+    return trusted
 
 
 def _sasl(result, conf, smtp, offered, creds, secret, trusted, config_dir):  # noqa: PLR0913
@@ -566,7 +590,9 @@ def _xoauth2_rejected(check, username):
             "check relay:username and the app's SMTP permission; get a new refresh token")
 
 
-VERIFYING_LEVELS = ("verify", "secure", "dane", "dane-only", "fingerprint")
+# Levels whose certificate must verify (DANE levels are handled apart: see
+# DANE_LEVELS; probe does not check TLSA records).
+VERIFYING_LEVELS = ("verify", "secure", "fingerprint")
 DANE_LEVELS = ("dane", "dane-only")
 
 
@@ -751,10 +777,30 @@ def verify(recipient=None, timeout=60, config_dir="/etc/postfix"):
               "set postfix_relay:log_file, or run a syslog daemon")
         __context__["retcode"] = 1
         return result
+    found = _send_and_follow(result, conf, source, recipient, timeout)
+    if found is None:  # sendmail refused it: nothing to follow
+        __context__["retcode"] = 1
+        return result
+    if conf["smtp_sasl_auth_enable"] == "yes":
+        try:
+            result["mechanism"] = probe(config_dir=config_dir).get("negotiated_mechanism")
+        except Exception as exc:  # pylint: disable=broad-except
+            result["mechanism"] = None
+            result["probe_error"] = str(exc)
+    result["ok"] = found.get("status") == "sent"
+    if not result["ok"]:
+        __context__["retcode"] = 1
+    return result
+
+
+def _send_and_follow(result, conf, source, recipient, timeout):
+    """Hand a uniquely identified mail to sendmail and follow it in the log
+    until its delivery attempt (or timeout); what the log said, None when
+    sendmail failed. The result gets it, and a diagnosis unless it was sent."""
     token = uuid.uuid4().hex
     host = conf["myhostname"] or socket.getfqdn()
     message_id = f"<postfix-relay-verify.{token}@{host}>"
-    reader = _LogReader(source)
+    reader = _LogReader(source)  # opened before sending: no line is missed
     message = (f"Subject: postfix_relay verification from {host} ({token})\n"
                f"Message-ID: {message_id}\n"
                "X-Postfix-Relay-Verify: yes\n\n"
@@ -765,8 +811,7 @@ def verify(recipient=None, timeout=60, config_dir="/etc/postfix"):
     if sent.returncode:
         _diag(result, f"sendmail failed: {sent.stderr.decode(errors='replace').strip()}",
               "check that Postfix is installed and `postfix check` passes")
-        __context__["retcode"] = 1
-        return result
+        return None
     found = {}
     while time.monotonic() - started < timeout:
         found = parse_log(reader.poll(), message_id)
@@ -783,16 +828,7 @@ def verify(recipient=None, timeout=60, config_dir="/etc/postfix"):
     elif found["status"] != "sent":
         _diag(result, f"the mail was {found['status']}: {found['reply']}",
               "run postfix_relay.probe for the cause")
-    if conf["smtp_sasl_auth_enable"] == "yes":
-        try:
-            result["mechanism"] = probe(config_dir=config_dir).get("negotiated_mechanism")
-        except Exception as exc:  # pylint: disable=broad-except
-            result["mechanism"] = None
-            result["probe_error"] = str(exc)
-    result["ok"] = found.get("status") == "sent"
-    if not result["ok"]:
-        __context__["retcode"] = 1
-    return result
+    return found
 
 
 def status():
