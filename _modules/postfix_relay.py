@@ -658,7 +658,9 @@ def _name_matches(name, host, dot_nexthop):
 def log_source(config_dir="/etc/postfix", maillog_file=None):
     """
     Where this host's Postfix logs: ``maillog_file``, the journal, or a syslog
-    file. Returns ``{"type": "file"|"journal", "path": ...}``.
+    file. Returns ``{"type": "file"|"journal", "path": ..., "also": ...}``;
+    with the journal, ``also`` names the syslog file rsyslog may write too
+    (journald set to keep nothing, ``Storage=none``, only forwards to it).
 
     CLI Example:
 
@@ -670,44 +672,49 @@ def log_source(config_dir="/etc/postfix", maillog_file=None):
         maillog_file = config(config_dir)["maillog_file"]
     if maillog_file and maillog_file != "/dev/stdout":
         return {"type": "file", "path": maillog_file}
+    syslog_file = next((path for path in SYSLOG_FILES if os.path.exists(path)), None)
     if os.path.isdir("/run/systemd/journal") and __salt__["cmd.has_exec"]("journalctl"):
-        return {"type": "journal", "path": None}
-    for path in SYSLOG_FILES:
-        if os.path.exists(path):
-            return {"type": "file", "path": path}
+        return {"type": "journal", "path": None, "also": syslog_file}
+    if syslog_file:
+        return {"type": "file", "path": syslog_file}
     return {"type": "none", "path": None}
 
 
 class _LogReader:
-    """New log lines since the reader was made (file or journal)."""
+    """New log lines since the reader was made: the journal's, else those of
+    the log file (the source's own, or the syslog file beside a journal that
+    keeps nothing)."""
 
     def __init__(self, source):
-        self.source = source
         self.since = time.time() - 1
-        self.offset = 0
-        if source["type"] == "file":
-            try:
-                self.offset = os.path.getsize(source["path"])
-            except OSError:
-                self.offset = 0
-        self.lines = []
+        self.journal = source["type"] == "journal"
+        self.path = source["path"] if source["type"] == "file" else source.get("also")
+        try:
+            self.offset = os.path.getsize(self.path) if self.path else 0
+        except OSError:
+            self.offset = 0
+        self.file_lines = []
 
     def poll(self):
-        if self.source["type"] == "file":
-            try:
-                with open(self.source["path"], encoding="utf-8", errors="replace") as handle:
-                    handle.seek(self.offset)
-                    data = handle.read()
-                    self.offset = handle.tell()
-            except OSError:
-                return self.lines
-            self.lines.extend(data.splitlines())
-        elif self.source["type"] == "journal":
+        if self.path:
+            self.file_lines.extend(self._new_file_lines())
+        if self.journal:
             out = subprocess.run(["journalctl", "--no-pager", "-o", "short", "--since",
                                   f"@{int(self.since)}", "SYSLOG_FACILITY=2"],
                                  capture_output=True, text=True, check=False).stdout
-            self.lines = out.splitlines()
-        return self.lines
+            if out.strip():
+                return out.splitlines()
+        return list(self.file_lines)
+
+    def _new_file_lines(self):
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+                self.offset = handle.tell()
+        except OSError:
+            return []
+        return data.splitlines()
 
 
 _DELIVERY = re.compile(
@@ -824,7 +831,8 @@ def _send_and_follow(result, conf, source, recipient, timeout):
     if "status" not in found:
         _diag(result, f"no delivery attempt was logged within {timeout} s"
               + (f" (queue id {found['queue_id']})" if "queue_id" in found else ""),
-              "check `postfix status`, `postqueue -p` and the log " + (source["path"] or ""))
+              "check `postfix status`, `postqueue -p` and the log: " +
+              (source["path"] or "the journal (journalctl SYSLOG_FACILITY=2)"))
     elif found["status"] != "sent":
         _diag(result, f"the mail was {found['status']}: {found['reply']}",
               "run postfix_relay.probe for the cause")

@@ -158,9 +158,6 @@ def test_second_apply_changes_nothing_and_no_password_is_logged(host, relay):
 
 
 
-@pytest.mark.xfail(strict=True, reason="postfix_relay.log_source picks the journal whenever "
-                   "/run/systemd/journal exists, even when journald keeps nothing (Storage=none) "
-                   "and rsyslog writes /var/log/mail.log: verify then times out")
 def test_verify_reads_mail_log_when_the_journal_keeps_nothing(host):
     # journald only passing messages on to rsyslog (Storage=none): a common
     # setup on SD cards; mail.log is then the only record. Runs last: it
