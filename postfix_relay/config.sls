@@ -94,6 +94,9 @@ postfix-relay-config-password-table:
       - pkg: postfix-relay-package-installed
 {%- if s.sasl %}
       - file: postfix-relay-config-sasl-dir
+{%- else %}
+      {#- a table main.cf no longer names goes once main.cf has stopped naming it #}
+      - postfix_control: postfix-relay-config-main-cf
 {%- endif %}
 
 {#- every sender becomes the host's address; a bounce keeps its null sender #}
@@ -123,6 +126,9 @@ postfix-relay-config-reply-to:
 {%- endif %}
     - require:
       - pkg: postfix-relay-package-installed
+{%- if not s.reply_to %}
+      - postfix_control: postfix-relay-config-main-cf
+{%- endif %}
 
 postfix-relay-config-recipients:
 {%- if s.recipient_mode == "local" %}
@@ -140,6 +146,9 @@ postfix-relay-config-recipients:
 {%- endif %}
     - require:
       - pkg: postfix-relay-package-installed
+{%- if s.recipient_mode != "local" %}
+      - postfix_control: postfix-relay-config-main-cf
+{%- endif %}
 
 {%- if postfix_relay.lookup.mailname_file %}
 
@@ -167,10 +176,17 @@ postfix-relay-config-main-cf:
     - require:
       - pkg: postfix-relay-package-installed
       # tables first: main.cf never names a table that does not exist yet
+      # (tables it stops naming are removed after it)
+{%- if s.sasl %}
       - postmap: postfix-relay-config-password-table
+{%- endif %}
       - postmap: postfix-relay-config-sender
+{%- if s.reply_to %}
       - postmap: postfix-relay-config-reply-to
+{%- endif %}
+{%- if s.recipient_mode == "local" %}
       - postmap: postfix-relay-config-recipients
+{%- endif %}
 {%- if s.sasl %}
 
 {#- compiled files of an earlier map_type (old passwords), removed only once

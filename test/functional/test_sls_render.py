@@ -197,6 +197,27 @@ def test_old_type_files_go_only_after_main_cf(loaders, private_conf):
     assert {"postfix_control": "postfix-relay-config-main-cf"} in prune["require"]
 
 
+def test_tables_main_cf_stops_naming_go_after_main_cf(loaders, private_conf):
+    """No SASL, no Reply-To, every recipient rewritten: main.cf names neither
+    the password table nor the Reply-To or recipient rules; they are removed
+    only after main.cf has stopped naming them (before, Postfix would look them
+    up and defer mail), and main.cf no longer waits for them."""
+    _, _, chunks, errors = render(loaders.opts, full_pillar("no-sasl", private_conf),
+                                  "postfix_relay")
+    assert errors == []
+    by_id = {c["__id__"]: c for c in chunks}
+    main_cf = {"postfix_control": "postfix-relay-config-main-cf"}
+    for table in ("password-table", "reply-to", "recipients"):
+        chunk = by_id[f"postfix-relay-config-{table}"]
+        assert chunk["fun"] == "absent", chunk
+        assert main_cf in chunk["require"], chunk
+        assert {"postmap": f"postfix-relay-config-{table}"} not in \
+            by_id["postfix-relay-config-main-cf"]["require"]
+    order = [c["__id__"] for c in chunks]
+    assert order.index("postfix-relay-config-main-cf") < \
+        order.index("postfix-relay-config-password-table")
+
+
 RENDERED = {}  # pillar name: the State and its ordered chunks (this module's pillars)
 
 
