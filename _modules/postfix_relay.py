@@ -681,9 +681,9 @@ def log_source(config_dir="/etc/postfix", maillog_file=None):
 
 
 class _LogReader:
-    """New log lines since the reader was made: the journal's, else those of
-    the log file (the source's own, or the syslog file beside a journal that
-    keeps nothing)."""
+    """New log lines since the reader was made: the journal's and those of the
+    log file (the source's own, or the syslog file beside a journal, which is
+    the only record when journald keeps nothing)."""
 
     def __init__(self, source):
         self.since = time.time() - 1
@@ -702,8 +702,11 @@ class _LogReader:
             out = subprocess.run(["journalctl", "--no-pager", "-o", "short", "--since",
                                   f"@{int(self.since)}", "SYSLOG_FACILITY=2"],
                                  capture_output=True, text=True, check=False).stdout
-            if out.strip():
-                return out.splitlines()
+            # journal first; the file's copy of a line changes nothing in
+            # parse_log (it takes the first match), and a journal that keeps
+            # nothing leaves the file's lines ("-- ..." lines are journalctl's)
+            lines = [line for line in out.splitlines() if not line.startswith("-- ")]
+            return lines + self.file_lines
         return list(self.file_lines)
 
     def _new_file_lines(self):
