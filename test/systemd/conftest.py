@@ -20,7 +20,7 @@ from relay import Relay  # noqa: E402
 
 VARIANTS = [("bookworm", "journald"), ("trixie", "journald"),
             ("bookworm", "rsyslog"), ("trixie", "rsyslog")]
-PASSWORD = "Systemd-pw-7f3k-never-logged"
+PASSWORD = nspawn.PASSWORD
 
 
 def pytest_collection_modifyitems(items):

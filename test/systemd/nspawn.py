@@ -21,6 +21,10 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+# The relay account's password of these tests (here, not in conftest.py: a test
+# module's `from conftest import` gets whichever conftest was imported last).
+PASSWORD = "Systemd-pw-7f3k-never-logged"
+
 import debian_chroot  # noqa: E402
 
 PACKAGES = ["systemd", "systemd-sysv", "dbus"]

@@ -12,7 +12,7 @@ import time
 import uuid
 
 import pytest
-from conftest import PASSWORD
+from nspawn import PASSWORD
 
 RECIPIENT = "me@example.org"
 
