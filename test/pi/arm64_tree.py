@@ -2,8 +2,8 @@
 An arm64 Debian tree (a Raspberry Pi stand-in) on this amd64 machine: debootstrap
 --arch=arm64, run through qemu-user-static's binfmt_misc handler, the pinned Salt
 in /opt/salt, the formula as a file root. Built on test/debian_chroot.py without
-changing it; what it lacks for this (an architecture in build/tree_key/make_tree,
-the machine's network for the download steps) lives here.
+changing it; what it lacks for this (an architecture in build/tree_key/make_tree)
+lives here. Downloads go through debian_chroot.with_network.
 
 The pristine tree (debootstrap and Salt's venv, both slow under emulation) is kept
 in the same cache as the other trees, under its own name, so that
@@ -18,11 +18,10 @@ import os
 import pathlib
 import shutil
 import subprocess
-import textwrap
 
 import debian_chroot
 from debian_chroot import (BASE_PACKAGES, MIRROR, REPO, Chroot, cache_dir, expired,
-                           install_formula, salt_version)
+                           install_formula, salt_version, with_network)
 
 ARCH = "arm64"
 TREE_FORMAT = 1  # bump when make_tree() changes what a tree holds
@@ -55,38 +54,6 @@ def binfmt_problem():
     return None
 
 
-def machine_net(argv):
-    """argv run with the machine's network when inside a test host (which has
-    only its own loopback): the steps that must download."""
-    net = os.environ.get("TEST_HOST_MACHINE_NET")
-    return ["nsenter", f"--net={net}", *argv] if net else list(argv)
-
-
-class Arm64Chroot(Chroot):
-    """debian_chroot.Chroot whose run() can take the machine's network
-    (download=True), for pip; everything else is Chroot's."""
-
-    def run(self, *argv, input=None, check=True, timeout=600, env=None, download=False):
-        if not download:
-            return super().run(*argv, input=input, check=check, timeout=timeout, env=env)
-        script = textwrap.dedent(f"""\
-            set -e
-            mount --rbind /dev {self.root}/dev
-            mount -t proc proc {self.root}/proc
-            mount -t tmpfs tmpfs {self.root}/run
-            hostname {self.hostname}
-            exec chroot {self.root} /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-                HOME=/root LANG=C.UTF-8 {' '.join(f'{k}={v}' for k, v in (env or {}).items())} \
-                "$@"
-            """)
-        res = subprocess.run(machine_net(["unshare", "--mount", "--uts", "--propagation", "private",
-                                        "--fork", "sh", "-c", script, "sh", *argv]),
-                             input=input, capture_output=True, text=True, timeout=timeout)
-        if check:
-            assert res.returncode == 0, f"{argv}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-        return res
-
-
 def build(root, suite, hostname, python="python3", packages=()):
     """debian_chroot.build() for arm64: a copy of the cached pristine tree, the
     machine's resolver, the host name, the formula."""
@@ -98,7 +65,7 @@ def build(root, suite, hostname, python="python3", packages=()):
     with open(root / "etc/hosts", "a") as hosts:
         hosts.write(f"127.0.1.1 {hostname}.example.org {hostname}\n")
     install_formula(root)
-    return Arm64Chroot(root, hostname)
+    return Chroot(root, hostname)
 
 
 def tree_key(suite, python, packages):
@@ -145,12 +112,12 @@ def prune(cache, suite, keep):
 def make_tree(root, suite, python, packages):
     """debootstrap --arch=arm64 (its second stage runs under qemu), then Salt."""
     python_pkgs = [python, f"{python}-venv", f"{python}-dev"]
-    res = subprocess.run(machine_net(
+    res = subprocess.run(with_network(
         ["debootstrap", f"--arch={ARCH}", "--variant=minbase",
          f"--include={','.join(BASE_PACKAGES + python_pkgs + list(packages))}",
          suite, str(root), MIRROR]), capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    install_salt(Arm64Chroot(root, suite), python)
+    install_salt(Chroot(root, suite), python)
     os.utime(root)  # the tree's age, for expired()
 
 
@@ -178,7 +145,7 @@ def install_salt(chroot, python):
 
 def pip(*args, timeout=900):
     """The machine's pip (the repository's venv), with its network."""
-    res = subprocess.run(machine_net([str(REPO / ".venv/bin/pip"), *args]),
+    res = subprocess.run(with_network([str(REPO / ".venv/bin/pip"), *args]),
                          capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, f"pip {args[:3]}: {res.stderr[-3000:]}"
     return res
