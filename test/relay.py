@@ -10,6 +10,7 @@ Library:
     Relay(host="::1")                                    # IPv6 loopback
     Relay(port=465, tls="implicit")                      # the real submissions port
     Relay(reject={"RCPT": "550 5.1.1 <x>: no such user"})  # permanent refusal
+    GreetingRefuser(port=p)                              # greets "421 ..." and closes
 
 Script (prints "ready port=N ca_file=PATH" when listening; stops on SIGTERM):
     python test/relay.py --port 2525 --tls starttls --user demo --password pw --store x.jsonl
@@ -377,6 +378,65 @@ class Relay:
                   f"reply-to={headers.get('reply-to')} auth={record['auth_mechanism']} "
                   f"tls={record['tls_version']}", flush=True)
 
+
+
+class GreetingRefuser:
+    """A smarthost that answers every connection with one greeting (default a
+    421: overloaded, shutting down) and closes it, as a relay refusing service
+    does. Counts the connections, so a test can tell it was really tried.
+
+        with GreetingRefuser(port=port) as refuser: ...; refuser.connections
+    """
+
+    def __init__(self, host="127.0.0.1", port=0,
+                 reply="421 4.3.2 relay.test Service not available, closing transmission channel"):
+        self.host, self.port, self.reply = host, port, reply
+        self.connections = 0
+        self._sock = None
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self):
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(64)
+        sock.settimeout(0.1)  # accept() wakes up to see stop()
+        self._sock, self.port = sock, sock.getsockname()[1]
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        return self
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                self.connections += 1
+                try:
+                    conn.sendall(self.reply.encode() + b"\r\n")
+                except OSError:
+                    pass  # the client gave up first
+
+    def stop(self):
+        """Close the port (connections are then refused)."""
+        if self._sock is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
 
 class _RelaySMTP(SMTP):
     """Notes AUTH attempted in clear (the password would have been exposed)."""
