@@ -82,18 +82,6 @@ def redact(text, values):
     return text
 
 
-def _run(argv):
-    """Run a Postfix command; a missing binary is one clear error."""
-    try:
-        return __salt__["cmd.run_all"](argv, python_shell=False, ignore_retcode=True,
-                                       output_loglevel="quiet", rstrip=False)
-    except CommandExecutionError:
-        # Salt's message holds the whole context; ours names the fix.
-        raise CommandExecutionError(
-            f"{argv[0]} is not installed or cannot run: install Postfix "
-            "(the postfix package) first") from None
-
-
 def normalize_mode(mode, default=0o600):
     """
     A file mode as an int, read exactly as Salt's file states read it: its
@@ -427,7 +415,7 @@ def entry_changes(old_entries, new_entries, secret=False, utf8=True):
 
 def _postconf(args, config_dir):
     with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
-        res = _run(["postconf", "-c", conf, *args])
+        res = __salt__["postfix_cmd.run"](["postconf", "-c", conf, *args], rstrip=False)
     if res["retcode"]:
         raise CommandExecutionError(f"postconf -c {config_dir} {' '.join(args)} failed: "
                                     f"{res['stderr'].strip()}")
@@ -595,7 +583,8 @@ def dump(path, map_type=None, config_dir="/etc/postfix"):
     if map_type == "cdb":  # postmap -s cannot list cdb
         return _cdb_dump(path + ".cdb")
     with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
-        res = _run(["postmap", "-c", conf, "-s", f"{map_type}:{path}"])
+        res = __salt__["postfix_cmd.run"](["postmap", "-c", conf, "-s", f"{map_type}:{path}"],
+                                          rstrip=False)
     if res["retcode"]:
         raise CommandExecutionError(f"postmap -s {map_type}:{path} failed")
     out = {}
@@ -644,7 +633,8 @@ def query(path, key, map_type=None, config_dir="/etc/postfix"):
     """
     map_type = map_type or default_type(config_dir)
     with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
-        res = _run(["postmap", "-c", conf, "-q", key, f"{map_type}:{path}"])
+        res = __salt__["postfix_cmd.run"](
+            ["postmap", "-c", conf, "-q", key, f"{map_type}:{path}"], rstrip=False)
     if res["retcode"] == 1:
         return None
     if res["retcode"]:
@@ -775,7 +765,8 @@ def _compile(tmp, path, map_type, config_dir, secrets):
     """postmap on a root-owned temp source: as root, so it can write in a
     root-owned directory whatever the table's final owner."""
     with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
-        res = _run(["postmap", "-c", conf, f"{map_type}:{tmp}"])
+        res = __salt__["postfix_cmd.run"](["postmap", "-c", conf, f"{map_type}:{tmp}"],
+                                          rstrip=False)
     if res["retcode"]:
         message = _failure(res, tmp, path, map_type, config_dir)
         raise CommandExecutionError(redact(message, secrets or []))

@@ -14,21 +14,27 @@ States for the host's Postfix: main.cf, the SMTP listener and the service.
         - watch:
           - postfix_control: postfix-relay-config-main-cf
 
-The work is done by the ``postfix_control`` execution module; these functions
-decide and report. ``running`` works with and without an init system: where
-none runs (Salt reports "OFFLINE mode"), it drives ``postfix start|reload``.
+The work is done by the execution modules ``postfix_maincf`` (main.cf),
+``postfix_master`` (the listener), ``postfix_aliases`` and ``postfix_service``;
+these functions decide and report. ``running`` works with and without an init
+system: where none runs (Salt reports "OFFLINE mode"), it drives
+``postfix start|reload``.
 """
 
 import fnmatch
 from collections.abc import Mapping
 
 __virtualname__ = "postfix_control"
+# One function of each execution module these states drive.
+_NEEDS = ("postfix_maincf.install_main_cf", "postfix_master.smtpd_listening",
+          "postfix_aliases.newaliases", "postfix_service.status")
 
 
 def __virtual__():
-    if "postfix_control.facts" in __salt__:
+    missing = [fun.partition(".")[0] for fun in _NEEDS if fun not in __salt__]
+    if not missing:
         return __virtualname__
-    return (False, "the postfix_control execution module is not available")
+    return (False, f"the execution modules {', '.join(missing)} are not available")
 
 
 def _ret(name):
@@ -49,22 +55,22 @@ def main_cf(name, params, config_dir="/etc/postfix"):
     mod = __salt__
     # The host's own compatibility level, read now: Postfix may have been
     # installed by this very run.
-    params = mod["postfix_control.complete_params"](params, config_dir)
-    old = mod["postfix_control.read_file"](f"{config_dir}/main.cf")
-    if old == mod["postfix_control.render_main_cf"](params):
+    params = mod["postfix_maincf.complete_params"](params, config_dir)
+    old = mod["postfix_maincf.read_file"](f"{config_dir}/main.cf")
+    if old == mod["postfix_maincf.render_main_cf"](params):
         ret["comment"] = "main.cf is in the desired state"
         return ret
-    changes = mod["postfix_control.diff_params"](old, params)
+    changes = mod["postfix_maincf.diff_params"](old, params)
     if __opts__["test"]:
-        problems = mod["postfix_control.check_main_cf"](
-            mod["postfix_control.render_main_cf"](params), config_dir)
+        problems = mod["postfix_maincf.check_main_cf"](
+            mod["postfix_maincf.render_main_cf"](params), config_dir)
         ret["result"] = False if problems else None
         ret["changes"] = changes
         ret["comment"] = "; ".join(problems) or \
             f"main.cf would change: {', '.join(changes) or 'formatting'}"
         return ret
     try:
-        mod["postfix_control.install_main_cf"](params, config_dir)
+        mod["postfix_maincf.install_main_cf"](params, config_dir)
     except Exception as exc:  # pylint: disable=broad-except
         ret["result"] = False
         ret["comment"] = f"main.cf left unchanged: {exc}"
@@ -81,7 +87,7 @@ def main_cf_restored(name, config_dir="/etc/postfix", dist_main_cf=None):
     """
     ret = _ret(name)
     try:
-        what = __salt__["postfix_control.restore_main_cf"](
+        what = __salt__["postfix_maincf.restore_main_cf"](
             config_dir, dist_main_cf, test=__opts__["test"])
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, comment=f"main.cf left unchanged: {exc}")
@@ -102,7 +108,7 @@ def smtpd_listener(name, enabled=True, chroot="y", config_dir="/etc/postfix"):
     A null client that only takes mail from ``sendmail`` needs no listener.
     """
     ret = _ret(name)
-    current = __salt__["postfix_control.smtpd_listening"](config_dir)
+    current = __salt__["postfix_master.smtpd_listening"](config_dir)
     if current == enabled:
         ret["comment"] = f"SMTP listener already {'on' if enabled else 'off'}"
         return ret
@@ -111,7 +117,7 @@ def smtpd_listener(name, enabled=True, chroot="y", config_dir="/etc/postfix"):
         ret["result"] = None
         ret["comment"] = f"SMTP listener would be turned {'on' if enabled else 'off'}"
         return ret
-    __salt__["postfix_control.set_smtpd_listener"](enabled, chroot, config_dir)
+    __salt__["postfix_master.set_smtpd_listener"](enabled, chroot, config_dir)
     ret["comment"] = f"SMTP listener turned {'on' if enabled else 'off'}"
     return ret
 
@@ -122,7 +128,7 @@ def aliases_built(name, config_dir="/etc/postfix"):
     host installed with "No configuration" has none).
     """
     ret = _ret(name)
-    missing = __salt__["postfix_control.missing_alias_databases"](config_dir)
+    missing = __salt__["postfix_aliases.missing_alias_databases"](config_dir)
     if not missing:
         ret["comment"] = "Alias databases are current"
         return ret
@@ -131,7 +137,7 @@ def aliases_built(name, config_dir="/etc/postfix"):
         ret.update(result=None, comment=f"Would run newaliases for {', '.join(missing)}")
         return ret
     try:
-        __salt__["postfix_control.newaliases"](config_dir)
+        __salt__["postfix_aliases.newaliases"](config_dir)
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, changes={}, comment=str(exc))
         return ret
@@ -144,11 +150,11 @@ def _enable(ret, enable):
     if not enable:
         return
     try:
-        if __salt__["postfix_control.enabled"]() in (True, None):
+        if __salt__["postfix_service.enabled"]() in (True, None):
             return
         ret["changes"]["enabled"] = True
         if not __opts__["test"]:
-            __salt__["postfix_control.enable"]()
+            __salt__["postfix_service.enable"]()
     except Exception as exc:  # pylint: disable=broad-except
         ret["changes"].pop("enabled", None)
         ret["comment"] += f" (could not enable at boot: {exc})"
@@ -169,7 +175,7 @@ def running(name="postfix", enable=True, config_dir="/etc/postfix", prestart=Non
     ret = _ret(name)
     mod = __salt__
     _enable(ret, enable)
-    if mod["postfix_control.status"](config_dir):
+    if mod["postfix_service.status"](config_dir):
         enabled = "; enabled at boot" if ret["changes"] else ""
         if __opts__["test"] and ret["changes"]:
             ret["result"] = None
@@ -188,11 +194,11 @@ def running(name="postfix", enable=True, config_dir="/etc/postfix", prestart=Non
         _flush(ret, config_dir)
         return ret
     try:
-        mod["postfix_control.start"](config_dir, prestart)
+        mod["postfix_service.start"](config_dir, prestart)
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, changes={}, comment=f"Postfix did not start: {exc}")
         return ret
-    how = "by init system" if mod["postfix_control.init_managed"]() else \
+    how = "by init system" if mod["postfix_service.init_managed"]() else \
         "with `postfix start` (no init system running)"
     ret["comment"] = f"Postfix started {how}{ret['comment']}"
     _flush(ret, config_dir)
@@ -204,9 +210,9 @@ def _flush(ret, config_dir):
     retried now instead of after its backoff time; under test, counted only."""
     try:
         if __opts__["test"]:
-            waiting = __salt__["postfix_control.deferred_count"](config_dir)
+            waiting = __salt__["postfix_service.deferred_count"](config_dir)
         else:
-            waiting = __salt__["postfix_control.flush"](config_dir)
+            waiting = __salt__["postfix_service.flush"](config_dir)
     except Exception as exc:  # pylint: disable=broad-except
         ret["comment"] += f"; deferred mail not flushed: {exc}"
         return
@@ -253,7 +259,7 @@ def _watched_changes():
 def _watched_action(changes):
     """restart when the listener or inet_interfaces/inet_protocols changed
     (a reload keeps the old sockets), else reload."""
-    if "smtpd_listener" in changes or __salt__["postfix_control.needs_restart"](changes):
+    if "smtpd_listener" in changes or __salt__["postfix_service.needs_restart"](changes):
         return "restart"
     return "reload"
 
@@ -267,7 +273,7 @@ def _reload_or_restart(ret, action, config_dir, prestart):
         ret["comment"] += f"; Postfix would {action}"
     else:
         try:
-            __salt__[f"postfix_control.{action}"](config_dir, prestart)
+            __salt__[f"postfix_service.{action}"](config_dir, prestart)
         except Exception as exc:  # pylint: disable=broad-except
             ret["changes"].pop(action)
             ret["result"] = False

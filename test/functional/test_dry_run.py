@@ -57,7 +57,7 @@ def params_for(layout, **extra):
 
 def test_precheck_creates_no_directory(loaders, layout):
     before = tree(layout["root"])
-    problems = loaders.modules.postfix_control.precheck_main_cf(
+    problems = loaders.modules.postfix_maincf.precheck_main_cf(
         params_for(layout), str(layout["conf"]))
     assert problems == []
     assert not any(layout["queue"].iterdir()), "postfix check created queue directories"
@@ -67,11 +67,11 @@ def test_precheck_creates_no_directory(loaders, layout):
 
 def test_precheck_still_runs_postfix_check(loaders, layout):
     """postconf accepts mail_owner = root; only `postfix check` refuses it."""
-    problems = loaders.modules.postfix_control.precheck_main_cf(
+    problems = loaders.modules.postfix_maincf.precheck_main_cf(
         params_for(layout, mail_owner="root"), str(layout["conf"]))
     assert any("postfix check failed" in p and "mail_owner" in p for p in problems), problems
     assert not any("overriding earlier entry" in p for p in problems), problems
-    problems = loaders.modules.postfix_control.precheck_main_cf(
+    problems = loaders.modules.postfix_maincf.precheck_main_cf(
         params_for(layout, no_such_parameter="1"), str(layout["conf"]))
     assert problems == ["main_cf:no_such_parameter: Postfix does not know this parameter"]
     assert not any(layout["queue"].iterdir()) and not layout["data"].exists()
@@ -80,7 +80,7 @@ def test_precheck_still_runs_postfix_check(loaders, layout):
 def test_precheck_refuses_a_missing_queue_directory(loaders, layout):
     """Postfix will not run without its queue directory: the check says so."""
     missing = layout["root"] / "nowhere"
-    problems = loaders.modules.postfix_control.precheck_main_cf(
+    problems = loaders.modules.postfix_maincf.precheck_main_cf(
         params_for(layout, queue_directory=str(missing)), str(layout["conf"]))
     assert len(problems) == 1 and str(missing) in problems[0], problems
     assert not missing.exists()
@@ -94,9 +94,9 @@ def test_main_cf_state_under_test_writes_nothing(loaders, layout):
     assert ret.result is None, ret.comment
     assert "relayhost" in ret.changes
     assert tree(layout["root"]) == before
-    control = loaders.modules.postfix_control
-    text = control.render_main_cf(control.complete_params(params_for(layout),
-                                                          str(layout["conf"])))
+    maincf = loaders.modules.postfix_maincf
+    text = maincf.render_main_cf(maincf.complete_params(params_for(layout),
+                                                        str(layout["conf"])))
     (layout["conf"] / "main.cf").write_text(text)
     ret = loaders.states.postfix_control.main_cf(
         name=str(layout["conf"] / "main.cf"), params=params_for(layout),
@@ -173,7 +173,7 @@ def master_pids():
 def test_running_dry_run_on_this_host_starts_nothing(loaders, layout):
     """Against this host's real Postfix (running or not, enabled or not)."""
     conf = str(layout["conf"])
-    status = loaders.modules.postfix_control.status
+    status = loaders.modules.postfix_service.status
     before, pids = status(conf), master_pids()
     ret = loaders.states.postfix_control.running(name="postfix", config_dir=conf, test=True)
     assert ret.result is (None if ret.changes else True), ret.comment
@@ -183,7 +183,7 @@ def test_running_dry_run_on_this_host_starts_nothing(loaders, layout):
 
 def test_smtpd_listener_dry_run(loaders, layout):
     master = layout["conf"] / "master.cf"
-    on = loaders.modules.postfix_control.smtpd_listening(str(layout["conf"]))
+    on = loaders.modules.postfix_master.smtpd_listening(str(layout["conf"]))
     before = tree(layout["root"])
     for enabled in (True, False):
         ret = loaders.states.postfix_control.smtpd_listener(
@@ -202,7 +202,7 @@ def test_main_cf_restored_dry_run(loaders, layout):
 
     ret = restore()  # a main.cf the formula did not write: nothing to restore
     assert (ret.result, ret.changes) == (True, {}), ret.comment
-    header = loaders.modules.postfix_control.render_main_cf({})
+    header = loaders.modules.postfix_maincf.render_main_cf({})
     main_cf.write_text(header + "relayhost = [smtp.example.net]:587\n")
     (conf / "main.cf.pre-postfix_relay").write_text("compatibility_level = 3.6\n")
     before = tree(layout["root"])

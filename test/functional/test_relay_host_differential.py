@@ -241,8 +241,8 @@ def test_password_table_is_built_with_the_type_main_cf_gives_it(
                                          map_type=got["map_type"], config_dir=str(conf))
     assert ret.result is True, ret.comment
     # main.cf as the formula writes it, read by Postfix
-    write_main_cf(conf, mods.postfix_control.render_main_cf(
-        mods.postfix_control.complete_params(got["main_cf"], str(conf))))
+    write_main_cf(conf, mods.postfix_maincf.render_main_cf(
+        mods.postfix_maincf.complete_params(got["main_cf"], str(conf))))
     spec = postconf_x(conf, "smtp_sasl_password_maps")
     found = subprocess.run(["postmap", "-c", str(conf), "-q", "[smtp.example.net]:587", spec],
                            capture_output=True, text=True, check=False)
@@ -295,8 +295,8 @@ def test_probe_sends_credentials_only_where_postfix_would(loaders, tmp_path, rel
                                           entries=got["password_entries"],
                                           map_type=got["map_type"],
                                           config_dir=str(conf)).result is True
-    write_main_cf(conf, loaders.modules.postfix_control.render_main_cf(
-        loaders.modules.postfix_control.complete_params(got["main_cf"], str(conf))))
+    write_main_cf(conf, loaders.modules.postfix_maincf.render_main_cf(
+        loaders.modules.postfix_maincf.complete_params(got["main_cf"], str(conf))))
     result = loaders.modules.postfix_relay.probe(config_dir=str(conf), timeout=5)
     assert bool(relay.auth_attempts) is sent, result
     assert result["credentials"].get("checked", False) is sent, result

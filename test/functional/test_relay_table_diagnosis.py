@@ -28,7 +28,7 @@ def test_near_keys_are_listed_as_postfix_stores_them(loaders, tmp_path):
                              capture_output=True, text=True, check=False)
         assert res.stdout.strip() == value
     relay = load_module("_modules/postfix_relay.py")
-    relay.__salt__ = loaders.modules  # the real postmap and postfix_control modules
+    relay.__salt__ = loaders.modules  # the real postmap and postfix_* modules
     conf_values = {"relayhost": "[relé.example]:2525",
                    "smtp_sasl_password_maps": f"hash:{table}"}
     result = {"credentials": {"key": None}}

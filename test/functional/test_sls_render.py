@@ -282,8 +282,8 @@ def test_service_restarts_or_reloads_for_what_changed(loaders, private_conf, sta
     states = load_module("_states/postfix_control.py")
     states.__low__ = {"__reqs__": reqs}
     states.__running__ = running
-    states.__salt__ = {"postfix_control.needs_restart":
-                       loaders.modules.postfix_control.needs_restart}
+    states.__salt__ = {"postfix_service.needs_restart":
+                       loaders.modules.postfix_service.needs_restart}
     assert states._watched_action(states._watched_changes()) == action  # pylint: disable=W0212
 
 
@@ -334,12 +334,12 @@ def test_enabling_at_boot_keeps_the_reload(loaders, private_conf, state_id, chan
 
     states = load_module("_states/postfix_control.py")
     states.__salt__ = {
-        **{f"postfix_control.{what}": act(what) for what in
+        **{f"postfix_service.{what}": act(what) for what in
            ("enable", "reload", "restart", "start", "flush")},
-        "postfix_control.status": lambda config_dir: True,
-        "postfix_control.enabled": lambda: False,
-        "postfix_control.deferred_count": lambda config_dir: 0,
-        "postfix_control.needs_restart": loaders.modules.postfix_control.needs_restart}
+        "postfix_service.status": lambda config_dir: True,
+        "postfix_service.enabled": lambda: False,
+        "postfix_service.deferred_count": lambda config_dir: 0,
+        "postfix_service.needs_restart": loaders.modules.postfix_service.needs_restart}
     states.__opts__ = {"test": test}
     states.__low__ = dict(service)
     states.__running__ = running

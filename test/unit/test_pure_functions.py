@@ -112,10 +112,10 @@ def test_main_cf_text_does_not_depend_on_parameter_order():
     """The SLS hands the parameters over sorted; the render-time check builds
     them in Python's order: both must give the same text, or a no-op apply
     would check (and could rewrite) main.cf every time."""
-    control = load_module("_modules/postfix_control.py")
+    maincf = load_module("_modules/postfix_maincf.py")
     params = {"relayhost": "[a.example]:587", "compatibility_level": "3.6", "alias_maps": ""}
-    text = control.render_main_cf(params)
-    assert text == control.render_main_cf(dict(reversed(list(params.items()))))
+    text = maincf.render_main_cf(params)
+    assert text == maincf.render_main_cf(dict(reversed(list(params.items()))))
     assert text.splitlines()[2:] == ["compatibility_level = 3.6", "alias_maps =",
                                      "relayhost = [a.example]:587"]
 
@@ -125,8 +125,8 @@ def test_main_cf_text_does_not_depend_on_parameter_order():
     ("2.11.3", "1"), ("unknown", "2"),
 ])
 def test_compatibility_level_is_the_releases_own(release, level):
-    control = load_module("_modules/postfix_control.py")
-    assert control.compatibility_level(release) == level
+    facts = load_module("_modules/postfix_facts.py")
+    assert facts.compatibility_level(release) == level
 
 
 @pytest.mark.parametrize("given, expected", [

@@ -11,8 +11,10 @@ import pytest
 
 from helpers import load_module
 
-ACTIONS = ("start", "reload", "restart", "stop", "enable", "flush", "set_smtpd_listener",
-           "install_main_cf", "newaliases")
+ACTIONS = tuple(f"postfix_service.{action}" for action in
+                ("start", "reload", "restart", "stop", "enable", "flush")) + (
+    "postfix_master.set_smtpd_listener", "postfix_maincf.install_main_cf",
+    "postfix_aliases.newaliases")
 
 
 def states_for(host, test=True, low=None, running=None):
@@ -23,18 +25,18 @@ def states_for(host, test=True, low=None, running=None):
     def act(action):
         def run(*args, **kwargs):
             if test:
-                raise AssertionError(f"postfix_control.{action} ran under test=True")
+                raise AssertionError(f"{action} ran under test=True")
             host.setdefault("done", []).append(action)
             return host["deferred"] if action == "flush" else True
         return run
 
-    funcs = {f"postfix_control.{action}": act(action) for action in ACTIONS}
+    funcs = {fun: act(fun.partition(".")[2]) for fun in ACTIONS}
     funcs.update({
-        "postfix_control.status": lambda config_dir="/etc/postfix": host["running"],
-        "postfix_control.enabled": lambda: host["enabled"],
-        "postfix_control.deferred_count": lambda config_dir="/etc/postfix": host["deferred"],
-        "postfix_control.init_managed": lambda: False,
-        "postfix_control.needs_restart": lambda changes: "inet_interfaces" in changes,
+        "postfix_service.status": lambda config_dir="/etc/postfix": host["running"],
+        "postfix_service.enabled": lambda: host["enabled"],
+        "postfix_service.deferred_count": lambda config_dir="/etc/postfix": host["deferred"],
+        "postfix_service.init_managed": lambda: False,
+        "postfix_service.needs_restart": lambda changes: "inet_interfaces" in changes,
     })
     states.__salt__ = funcs
     states.__opts__ = {"test": test}
