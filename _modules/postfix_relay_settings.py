@@ -34,10 +34,14 @@ SASL_TLS = ("encrypt", "dane-only", "fingerprint", "verify", "secure")
 DIGEST_BYTES = {"md5": 16, "sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48,
                 "sha512": 64}
 RECIPIENT_MODES = ("all", "local")
+SENDER_MODES = ("all", "local")
+VERIFYING_LEVELS = ("verify", "secure")  # levels that check the CA (smtp_tls_CAfile)
+DANE_LEVELS = ("dane", "dane-only")
 LISTEN_MODES = ("loopback", "none")
 KNOWN_KEYS = {
     "domain", "hostname", "sender", "recipient", "recipient_mode", "reply_to",
     "listen", "relay", "main_cf", "log_file", "password_map",
+    "fallback_relays", "sender_relays", "sender_mode", "queue_lifetime",
 }
 KNOWN_RELAY_KEYS = {
     "host", "port", "mx", "username", "password", "tls", "ca_file", "mechanisms", "oauth2",
@@ -445,27 +449,6 @@ def table_type(value, params, extra, host):
     return default, False
 
 
-def _credentials(relay, host, rhost, rport):
-    """(username, password, oauth2) of relay; with oauth2 the "password" is
-    the token file's path as smtp sees it."""
-    username = _strict_text("relay:username", relay.get("username"))
-    password = _strict_text("relay:password", relay.get("password"), allow_space=True)
-    oauth2 = oauth2_settings("relay:oauth2", relay.get("oauth2"), host)
-    if oauth2 and password is not None:
-        _fail("relay:password", "give either relay:password or relay:oauth2, not both")
-    if oauth2 and username is None:
-        _fail("relay:username", "is required with relay:oauth2 (the mailbox that logs in)")
-    if oauth2:
-        password = f"{XOAUTH2_DIR}/{rhost}-{rport}.json"  # the token file is the "password"
-    if (username is None) != (password is None):
-        missing = "relay:password" if password is None else "relay:username"
-        _fail(missing, "is required when "
-              f"{'relay:username' if password is None else 'relay:password'} is set")
-    if username is not None and ":" in username:
-        _fail("relay:username", "must not contain ':' (it separates user and password)")
-    return username, password, oauth2
-
-
 def tls_level(key, value, sasl, rport):
     """The TLS level; with a password only levels that never send in clear."""
     level = choice(key, value, TLS_LEVELS, "encrypt" if sasl or rport == 465 else "may")
@@ -483,18 +466,19 @@ def tls_level(key, value, sasl, rport):
 
 
 def fingerprints(key, value, level, extra):
-    """relay:fingerprints for tls fingerprint: the certificate or public-key
+    """<relay>:fingerprints for tls fingerprint: the certificate or public-key
     digests Postfix accepts, checked against the digest in use."""
+    tls_key = key.rsplit(":", 1)[0] + ":tls"
     if level != "fingerprint":
         if value not in (None, []):
-            _fail(key, "only applies with relay:tls fingerprint")
+            _fail(key, f"only applies with {tls_key} fingerprint")
         return None, None
     digest = extra.get("smtp_tls_fingerprint_digest", "sha256").lower()
     if digest not in DIGEST_BYTES:
         _fail("main_cf:smtp_tls_fingerprint_digest", f"{digest!r} is not a digest the "
               f"formula checks fingerprints for ({', '.join(DIGEST_BYTES)})")
     if value in (None, [], ""):
-        _fail(key, "is required with relay:tls fingerprint: the relay certificate's "
+        _fail(key, f"is required with {tls_key} fingerprint: the relay certificate's "
               f"{digest} fingerprints (openssl x509 -noout -fingerprint -{digest})")
     if not isinstance(value, list):
         _fail(key, "must be a list of fingerprints")
@@ -512,53 +496,265 @@ def fingerprints(key, value, level, extra):
     return digest, found
 
 
-def _relay(relay, host, extra):
-    """The relay as one value: destination, credentials, TLS, mechanisms."""
-    rhost, is_address = relay_host("relay:host", relay.get("host"))
-    rport = port("relay:port", relay.get("port"), 587)
+# ---------------------------------------------------------------------------
+# The Relay value: one per relay (the primary, each fallback, each sender
+# relay), built by the small validators below and used for main.cf, the
+# password table, the TLS policy table, the token files and by probe.
+
+
+def _relay_mapping(key, value):
+    """The relay's mapping at ``key``, holding only known keys."""
+    if not isinstance(value, dict) or not value:
+        _fail(key, "must be a mapping with at least host")
+    unknown = sorted(set(value) - KNOWN_RELAY_KEYS)
+    if unknown:
+        _fail(f"{key}:{unknown[0]}", "is not a known key "
+              f"(known: {', '.join(sorted(KNOWN_RELAY_KEYS))})")
+    return value
+
+
+def _destination(key, relay):
+    """Where the relay is: host (as one connects to it), port, the next hop
+    as main.cf writes it (brackets: no MX lookup) and whether the port is
+    implicit TLS."""
+    rhost, is_address = relay_host(f"{key}:host", relay.get("host"))
+    rport = port(f"{key}:port", relay.get("port"), 587)
     mx = relay.get("mx", False)
     if not isinstance(mx, bool):
-        _fail("relay:mx", "must be true or false")
+        _fail(f"{key}:mx", "must be true or false")
     if mx and not is_address and str(relay.get("host")).startswith("["):
-        _fail("relay:mx", "true asks for the host's MX records, but brackets around "
-              "relay:host mean no MX lookup: drop one of them")
-    username, password, oauth2 = _credentials(relay, host, rhost, rport)
-    sasl = password is not None
-    level = tls_level("relay:tls", relay.get("tls"), sasl, rport)
-    digest, fprs = fingerprints("relay:fingerprints", relay.get("fingerprints"), level, extra)
-    ca_file = absolute_path("relay:ca_file", relay.get("ca_file"), must_exist=True)
-    if level in ("verify", "secure") and ca_file is None:
-        ca_file = host.get("ca_bundle")
-    mechs = mechanisms("relay:mechanisms", relay.get("mechanisms"))
-    if oauth2:
-        if mechs not in ([], ["xoauth2"]):
-            _fail("relay:mechanisms", "must be empty or [xoauth2] with relay:oauth2")
-        mechs = ["xoauth2"]
-    if mechs and not sasl:
-        _fail("relay:mechanisms", "only applies with relay:username and relay:password")
+        _fail(f"{key}:mx", f"true asks for the host's MX records, but brackets around "
+              f"{key}:host mean no MX lookup: drop one of them")
     # An address has no MX records: Postfix connects to it directly with or
     # without brackets, and brackets are the only way to write an IPv6 one.
-    relayhost = f"{rhost}:{rport}" if mx and not is_address else f"[{rhost}]:{rport}"
-    return {"relayhost": relayhost, "port": rport, "username": username,
-            "password": password, "oauth2": oauth2, "sasl": sasl, "tls": level,
-            "digest": digest, "fingerprints": fprs, "ca_file": ca_file, "mechs": mechs}
+    mx = mx and not is_address
+    return {"host": rhost[5:] if rhost.startswith("ipv6:") else rhost, "port": rport,
+            "mx": mx, "nexthop": f"{rhost}:{rport}" if mx else f"[{rhost}]:{rport}",
+            "wrappermode": rport == 465, "token_name": f"{rhost}-{rport}"}
 
 
-def _tls_params(rel, extra):
-    """main.cf's TLS parameters for the relay."""
+def _credentials(key, relay, host, token_name):
+    """username, the table's "password" (with oauth2: the token file's path
+    as smtp sees it), oauth2 and whether SASL is on for this relay."""
+    username = _strict_text(f"{key}:username", relay.get("username"))
+    password = _strict_text(f"{key}:password", relay.get("password"), allow_space=True)
+    oauth2 = oauth2_settings(f"{key}:oauth2", relay.get("oauth2"), host)
+    if oauth2 and password is not None:
+        _fail(f"{key}:password", f"give either {key}:password or {key}:oauth2, not both")
+    if oauth2 and username is None:
+        _fail(f"{key}:username", f"is required with {key}:oauth2 (the mailbox that logs in)")
+    token_path = f"{XOAUTH2_DIR}/{token_name}.json" if oauth2 else None
+    password = token_path or password  # with oauth2 the token file is the "password"
+    if (username is None) != (password is None):
+        given, missing = ("username", "password") if password is None else \
+            ("password", "username")
+        _fail(f"{key}:{missing}", f"is required when {key}:{given} is set")
+    if username is not None and ":" in username:
+        _fail(f"{key}:username", "must not contain ':' (it separates user and password)")
+    return {"username": username, "password": password, "oauth2": oauth2,
+            "sasl": password is not None, "token_path": token_path}
+
+
+def _security(key, relay, creds, rport, host, extra):
+    """TLS level, certificate checks and SASL mechanisms of one relay."""
+    level = tls_level(f"{key}:tls", relay.get("tls"), creds["sasl"], rport)
+    digest, fprs = fingerprints(f"{key}:fingerprints", relay.get("fingerprints"), level,
+                                extra)
+    ca_file = absolute_path(f"{key}:ca_file", relay.get("ca_file"), must_exist=True)
+    if level in VERIFYING_LEVELS and ca_file is None:
+        ca_file = host.get("ca_bundle")
+    mechs = mechanisms(f"{key}:mechanisms", relay.get("mechanisms"))
+    if creds["oauth2"]:
+        if mechs not in ([], ["xoauth2"]):
+            _fail(f"{key}:mechanisms", f"must be empty or [xoauth2] with {key}:oauth2")
+        mechs = ["xoauth2"]
+    if mechs and not creds["sasl"]:
+        _fail(f"{key}:mechanisms", f"only applies with {key}:username and {key}:password")
+    return {"tls": level, "digest": digest, "fingerprints": fprs, "ca_file": ca_file,
+            "mechanisms": mechs}
+
+
+def relay_value(key, value, host, extra, role="primary", sender=None):
+    """
+    One relay as a value: ``key`` (its pillar key, named in every error),
+    ``role`` (primary, fallback, sender), ``sender`` (the sender pattern of a
+    sender relay), destination, credentials, TLS and mechanisms, and
+    ``password_key`` (its password-table key: the next hop, or the sender
+    pattern for a sender relay, looked up first by Postfix).
+    """
+    relay = _relay_mapping(key, value)
+    dest = _destination(key, relay)
+    token_name = dest.pop("token_name")
+    if sender:  # one account per sender: its own token file beside the relay's
+        token_name += "-" + re.sub(r"[^a-z0-9.@_-]", "_", sender)
+    creds = _credentials(key, relay, host, token_name)
+    return {"key": key, "role": role, "sender": sender, **dest, **creds,
+            **_security(key, relay, creds, dest["port"], host, extra),
+            "password_key": sender or dest["nexthop"]}
+
+
+def sender_pattern(key, value):
+    """A sender_relays key as Postfix's sender-dependent lookups match it:
+    an address (billing@example.org) or a whole domain (@shop.example.org)."""
+    text = _strict_text(key, value, required=True)
+    if text.startswith("@"):
+        return "@" + dns_name(key, text[1:], required=True)
+    if "@" not in text:
+        _fail(key, f"{text!r} is neither an address (billing@example.org) nor a domain "
+              "written @shop.example.org")
+    local, _, domain = address(key, text, required=True).rpartition("@")
+    return f"{local.lower()}@{domain}"  # lookups fold the key to lower case
+
+
+def _fallbacks(value, host, extra):
+    """fallback_relays: a list of relay mappings, tried in order."""
+    if value in (None, []):
+        return []
+    if not isinstance(value, list):
+        _fail("fallback_relays", "must be a list of relays (each a mapping like relay:)")
+    return [relay_value(f"fallback_relays:{index}", item, host, extra, "fallback")
+            for index, item in enumerate(value)]
+
+
+def _sender_relays(value, host, extra, sender_mode):
+    """sender_relays: {sender pattern: relay mapping}."""
+    if value in (None, {}):
+        return []
+    if not isinstance(value, dict):
+        _fail("sender_relays", "must be a mapping of senders (billing@example.org or "
+              "@shop.example.org) to relays")
+    if sender_mode != "local":
+        _fail("sender_relays", "needs sender_mode: local (with sender_mode all every "
+              "sender is rewritten to <sender>@<domain> before Postfix picks the relay, "
+              "so no sender would ever match)")
+    found, seen = [], {}
+    for written, item in value.items():
+        key = f"sender_relays:{written}"
+        pattern = sender_pattern(key, written)
+        if pattern in seen:
+            _fail(key, f"is the same sender as sender_relays:{seen[pattern]} "
+                  "(senders are matched without regard to case)")
+        seen[pattern] = written
+        found.append(relay_value(key, item, host, extra, "sender", sender=pattern))
+    return found
+
+
+def _no_duplicates(relays):
+    """The primary and the fallbacks are distinct next hops."""
+    seen = {}
+    for relay in relays:
+        if relay["role"] == "sender":
+            continue
+        other = seen.setdefault(relay["nexthop"], relay)
+        if other is not relay:
+            _fail(f"{relay['key']}:host", f"{relay['nexthop']} is already {other['key']}: "
+                  "list each relay once")
+
+
+def _tls_mode(relay):
+    return "implicit TLS" if relay["wrappermode"] else "STARTTLS (or plain SMTP)"
+
+
+def _one_transport(relays):
+    """What Postfix's one smtp transport sets for every relay alike: implicit
+    TLS or not, the SASL mechanism filter, the CA file that verifies."""
+    first = relays[0]
+    for relay in relays[1:]:
+        if relay["wrappermode"] != first["wrappermode"]:
+            _fail(f"{relay['key']}:port", f"{relay['port']} is {_tls_mode(relay)}, but "
+                  f"{first['key']}:port {first['port']} is {_tls_mode(first)}: Postfix's "
+                  "smtp client talks to all relays one way (smtp_tls_wrappermode), so "
+                  "port 465 cannot be mixed with STARTTLS ports; use each provider's "
+                  "587 (STARTTLS) throughout, or 465 throughout")
+    sasl = [r for r in relays if r["sasl"]]
+    for relay in sasl[1:]:
+        if relay["mechanisms"] != sasl[0]["mechanisms"]:
+            _fail(f"{relay['key']}:mechanisms", f"{relay['mechanisms'] or 'any'} differs "
+                  f"from {sasl[0]['key']}'s {sasl[0]['mechanisms'] or 'any'}: Postfix "
+                  "filters SASL mechanisms once for all relays (so oauth2 relays and "
+                  "password relays cannot be mixed either); give every relay the same")
+    verifying = [r for r in relays if r["tls"] in VERIFYING_LEVELS]
+    for relay in verifying[1:]:
+        if relay["ca_file"] != verifying[0]["ca_file"]:
+            _fail(f"{relay['key']}:ca_file", f"{relay['ca_file']} differs from "
+                  f"{verifying[0]['key']}'s {verifying[0]['ca_file']}: Postfix verifies "
+                  "every relay with one CA file (smtp_tls_CAfile); give all the same")
+
+
+def relay_list(pillar, host, extra, sender_mode="all"):
+    """Every relay, the primary first, then fallbacks, then sender relays."""
+    relays = [relay_value("relay", pillar.get("relay"), host, extra)]
+    relays += _fallbacks(pillar.get("fallback_relays"), host, extra)
+    relays += _sender_relays(pillar.get("sender_relays"), host, extra, sender_mode)
+    _no_duplicates(relays)
+    _one_transport(relays)
+    return relays
+
+
+def _tls_policy(relay):
+    """The relay's line in the TLS policy table (smtp_tls_policy_maps)."""
+    if relay["fingerprints"]:
+        return f"fingerprint match={'|'.join(relay['fingerprints'])}"
+    return relay["tls"]
+
+
+def tls_policy_entries(relays):
+    """{next hop: policy} for every relay; one next hop, one policy."""
+    entries = {}
+    for relay in relays:
+        policy = _tls_policy(relay)
+        if entries.setdefault(relay["nexthop"], (policy, relay))[0] != policy:
+            other = entries[relay["nexthop"]][1]
+            _fail(f"{relay['key']}:tls", f"{relay['nexthop']} is also {other['key']} with "
+                  f"TLS {entries[relay['nexthop']][0]!r}: one relay, one TLS policy")
+    return {hop: policy for hop, (policy, _) in entries.items()}
+
+
+def _relayhost_lists(host):
+    """Postfix 3.5 and later take a list in relayhost (tried in order)."""
+    version = host.get("mail_version") or ""
+    parts = [int(p) for p in re.findall(r"\d+", version)[:2]]
+    return not parts or parts >= [3, 5]  # not installed yet: Debian/RHEL have newer
+
+
+# ---------------------------------------------------------------------------
+# main.cf
+
+
+def _relay_params(relays, host, specs):
+    """relayhost (and the fallbacks), sender relays and per-relay TLS."""
+    hops = [r["nexthop"] for r in relays if r["role"] != "sender"]
+    senders = [r for r in relays if r["role"] == "sender"]
+    if len(hops) > 1 and not _relayhost_lists(host):
+        params = {"relayhost": hops[0], "smtp_fallback_relay": ", ".join(hops[1:])}
+    else:
+        params = {"relayhost": ", ".join(hops)}
+    if senders:
+        params["sender_dependent_relayhost_maps"] = specs["sender_relays"]
+        params["smtp_sender_dependent_authentication"] = "yes"
+    if len(relays) > 1:
+        params["smtp_tls_policy_maps"] = specs["tls_policy"]
+    return params
+
+
+def _tls_params(relays, extra):
+    """main.cf's TLS parameters: the primary's level, the one transport's mode."""
+    rel = relays[0]
     params = {"smtp_tls_security_level": rel["tls"], "smtp_tls_loglevel": "1"}
-    if rel["port"] == 465:
+    if rel["wrappermode"]:
         params["smtp_tls_wrappermode"] = "yes"
-    if rel["ca_file"]:
-        params["smtp_tls_CAfile"] = rel["ca_file"]
+    ca_file = next((r["ca_file"] for r in relays if r["ca_file"]), None)
+    if ca_file:
+        params["smtp_tls_CAfile"] = ca_file
     if rel["fingerprints"]:
         params["smtp_tls_fingerprint_digest"] = rel["digest"]
         params["smtp_tls_fingerprint_cert_match"] = ", ".join(rel["fingerprints"])
-    if rel["tls"] in ("dane", "dane-only"):
+    if any(r["tls"] in DANE_LEVELS for r in relays):
         # without DNSSEC lookups dane-only defers every message, dane is may
         if extra.get("smtp_dns_support_level", "dnssec").lower() != "dnssec":
+            levels = sorted({r["tls"] for r in relays if r["tls"] in DANE_LEVELS})
             _fail("main_cf:smtp_dns_support_level", f"must be dnssec (or left out) with "
-                  f"relay:tls {rel['tls']}: DANE needs DNSSEC-validated lookups")
+                  f"relay TLS level {' / '.join(levels)}: DANE needs DNSSEC-validated lookups")
         params["smtp_dns_support_level"] = "dnssec"
     level = extra.get("smtp_tls_security_level", rel["tls"]).lower()  # as Postfix reads it
     if rel["sasl"] and level not in SASL_TLS:
@@ -567,21 +763,35 @@ def _tls_params(rel, extra):
     return params
 
 
-def _sasl_params(rel, table, map_type, literal):
-    """main.cf's SASL parameters (none without credentials)."""
-    if not rel["sasl"]:
+def _sasl_params(relays, password_spec):
+    """main.cf's SASL parameters (none when no relay has credentials)."""
+    sasl = [r for r in relays if r["sasl"]]
+    if not sasl:
         return {}
     params = {
         "smtp_sasl_auth_enable": "yes",
-        "smtp_sasl_password_maps":
-            f"{map_type if literal else '${default_database_type}'}:{table}",
+        "smtp_sasl_password_maps": password_spec,
         # PLAIN/LOGIN only inside TLS; never anonymous.
         "smtp_sasl_security_options": "noanonymous, noplaintext",
         "smtp_sasl_tls_security_options": "noanonymous",
     }
-    if rel["mechs"]:
-        params["smtp_sasl_mechanism_filter"] = ", ".join(rel["mechs"])
+    if sasl[0]["mechanisms"]:
+        params["smtp_sasl_mechanism_filter"] = ", ".join(sasl[0]["mechanisms"])
     return params
+
+
+def queue_lifetime(key, value):
+    """How long Postfix keeps trying (maximal_queue_lifetime and
+    bounce_queue_lifetime): a number of days, or Postfix's time units."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        _fail(key, "must be a time such as 5d, 12h or 3600s")
+    text = str(value).strip().lower()
+    if not re.fullmatch(r"[0-9]+[smhdw]?", text):
+        _fail(key, f"{value!r} is not a time (a number with s, m, h, d or w; "
+              "days without a unit)")
+    return text if text[-1].isalpha() else f"{text}d"
 
 
 def _identity(pillar, grains):
@@ -593,42 +803,40 @@ def _identity(pillar, grains):
         short = (grains.get("host") or fqdn.split(".")[0] or "localhost").lower()
         hostname = fqdn if "." in fqdn else f"{short}.{domain}"
         hostname = dns_name("hostname (from the minion's fqdn grain)", hostname)
+    local = local_part("sender", pillar.get("sender")) or hostname.split(".")[0]
     return {
-        "domain": domain, "hostname": hostname,
-        "sender": local_part("sender", pillar.get("sender")) or hostname.split(".")[0],
+        "domain": domain, "hostname": hostname, "sender": f"{local}@{domain}",
         "recipient": address("recipient", pillar.get("recipient"), required=True),
         "recipient_mode": choice("recipient_mode", pillar.get("recipient_mode"),
                                  RECIPIENT_MODES, "all"),
+        "sender_mode": choice("sender_mode", pillar.get("sender_mode"), SENDER_MODES, "all"),
         "reply_to": address("reply_to", pillar.get("reply_to")),
         "listen": choice("listen", pillar.get("listen"), LISTEN_MODES, "loopback"),
+        "queue_lifetime": queue_lifetime("queue_lifetime", pillar.get("queue_lifetime")),
     }
 
 
 def _check_keys(pillar):
-    """Refuse a missing pillar and unknown keys; return the relay mapping."""
+    """Refuse a missing pillar and unknown keys."""
     if not isinstance(pillar, dict) or not pillar:
         _fail("", "is missing: set at least domain, recipient and relay:host "
                   "(see pillar.example)")
     unknown = sorted(set(pillar) - KNOWN_KEYS)
     if unknown:
         _fail(unknown[0], f"is not a known key (known: {', '.join(sorted(KNOWN_KEYS))})")
-    relay = pillar.get("relay")
-    if not isinstance(relay, dict):
+    if not isinstance(pillar.get("relay"), dict):
         _fail("relay", "is required: a mapping with at least host")
-    unknown = sorted(set(relay) - KNOWN_RELAY_KEYS)
-    if unknown:
-        _fail(f"relay:{unknown[0]}", "is not a known key "
-              f"(known: {', '.join(sorted(KNOWN_RELAY_KEYS))})")
-    return relay
 
 
-def _base_params(ident, relayhost, tables):
-    """The null client's main.cf parameters, before TLS, SASL and extras."""
+def _base_params(ident, tables):
+    """The null client's main.cf parameters, before relays, TLS, SASL and extras."""
     domain, hostname = ident["domain"], ident["hostname"]
-    return {
+    # local modes tell host-local addresses apart by their domain: myorigin
+    local = "local" in (ident["recipient_mode"], ident["sender_mode"])
+    params = {
         "myhostname": hostname,
         "mydomain": domain,
-        "myorigin": domain if ident["recipient_mode"] == "all" else hostname,
+        "myorigin": hostname if local else domain,
         "mydestination": "",
         "relay_domains": "",
         "local_transport": "error:5.1.1 local delivery is disabled on this null client",
@@ -637,89 +845,128 @@ def _base_params(ident, relayhost, tables):
         "inet_interfaces": "loopback-only",
         "mynetworks": "127.0.0.0/8 [::1]/128",
         "masquerade_domains": domain,
-        "relayhost": relayhost,
         "always_add_missing_headers": "yes",
-        "sender_canonical_maps": f"regexp:{tables['sender']}",
+        "sender_canonical_maps": tables["sender"]["spec"],
         "recipient_canonical_maps": (f"static:{ident['recipient']}"
                                      if ident["recipient_mode"] == "all"
-                                     else f"regexp:{tables['recipients']}"),
+                                     else tables["recipients"]["spec"]),
     }
+    if ident["reply_to"]:
+        params["smtp_header_checks"] = tables["reply_to"]["spec"]
+    if ident["queue_lifetime"]:
+        params["maximal_queue_lifetime"] = ident["queue_lifetime"]
+        params["bounce_queue_lifetime"] = ident["queue_lifetime"]
+    return params
+
+
+def _log_file(pillar, host):
+    log_file = absolute_path("log_file", pillar.get("log_file"))
+    if log_file is None and not host.get("has_syslog", True):
+        # No syslog socket: without maillog_file Postfix would log nowhere.
+        log_file = "/var/log/postfix.log"
+    return log_file
 
 
 def normalise(pillar, grains, host):
     """Validate the pillar and derive every value the formula writes.
 
     ``pillar`` is the ``postfix_relay`` pillar dict, ``grains`` needs ``fqdn``
-    and ``host``; ``host`` holds what is known of this host: ``map_types``
-    and ``default_database_type`` (empty while Postfix is not installed),
-    ``ca_bundle``, ``config_dir``, ``has_syslog``, and ``expand`` (a function
-    that asks Postfix for a parameter's value in a candidate main.cf).
+    and ``host``; ``host`` holds what is known of this host: ``map_types``,
+    ``default_database_type`` and ``mail_version`` (empty while Postfix is
+    not installed), ``ca_bundle``, ``config_dir``, ``has_syslog``, and
+    ``expand`` (a function that asks Postfix for a parameter's value in a
+    candidate main.cf).
     """
-    relay = _check_keys(pillar)
+    _check_keys(pillar)
     ident = _identity(pillar, grains)
     extra = extra_params(pillar.get("main_cf"))
-    rel = _relay(relay, host, extra)
-    log_file = absolute_path("log_file", pillar.get("log_file"))
-    if log_file is None and not host.get("has_syslog", True):
-        # No syslog socket: without maillog_file Postfix would log nowhere.
-        log_file = "/var/log/postfix.log"
-    tables = table_paths(host.get("config_dir", "/etc/postfix"))
-    params = _base_params(ident, rel["relayhost"], tables)
-    params.update(_tls_params(rel, extra))
-    if ident["reply_to"]:
-        params["smtp_header_checks"] = f"regexp:{tables['reply_to']}"
-    if log_file:
-        params["maillog_file"] = log_file
-    params.update(extra)
+    relays = relay_list(pillar, host, extra, ident["sender_mode"])
+    log_file = _log_file(pillar, host)
+    # the type first needs main.cf without the tables it types
+    params = {**_tls_params(relays, extra), **({"maillog_file": log_file} if log_file
+                                                else {}), **extra}
     map_type, literal = table_type(pillar.get("password_map"), params, extra, host)
-    params.update({k: v for k, v in _sasl_params(rel, tables["password"], map_type,
-                                                 literal).items() if k not in extra})
-    return _result(ident, rel, tables, params, map_type, host, extra, log_file)
+    tables = table_list(host.get("config_dir", "/etc/postfix"), ident, relays,
+                        (map_type, literal))
+    specs = {t["id"]: t["spec"] for t in tables}
+    params = {**_base_params(ident, {t["id"]: t for t in tables}),
+              **_relay_params(relays, host, specs), **params}
+    params.update({k: v for k, v in _sasl_params(relays, specs["password"]).items()
+                   if k not in extra})
+    return _result(ident, relays, tables, params, map_type, host, extra, log_file)
 
 
-def _result(ident, rel, tables, params, map_type, host, extra, log_file):  # noqa: PLR0913
+def _oauth2_values(relays, host):
+    """The XOAUTH2 plugin's files: one token file per oauth2 relay."""
+    oauth = [r for r in relays if r["oauth2"]]
+    if not oauth:
+        return {"oauth2": None, "oauth2_token_path": None, "xoauth2_paths": None,
+                "xoauth2_conf": None, "oauth2_relays": []}
+    chroot = host.get("smtp_chroot_dir", "")
+    first = oauth[0]["oauth2"]
+    return {
+        "oauth2": first,
+        # the token file as Postfix's smtp process sees it (the table's "password")
+        "oauth2_token_path": oauth[0]["token_path"],
+        # where the plugin's files lie on this host: in smtp's chroot when it has one
+        "xoauth2_paths": xoauth2_paths(chroot, oauth[0]["token_path"]),
+        # the plugin's own config: no secrets (those go in the 0600 token files,
+        # which also carry each relay's client and endpoint). The plugin does
+        # not load without a client_secret key. No syslog: its failure line is
+        # the last trace line, which can be the token endpoint's answer with a
+        # fresh access token (seen with 0.27); probe names causes.
+        "xoauth2_conf": json.dumps({
+            "client_id": first["client_id"], "client_secret": "",
+            "token_endpoint": first["token_endpoint"],
+            "log_to_syslog_on_failure": "no", "log_full_trace_on_failure": "no",
+        }, indent=1) + "\n",
+        "oauth2_relays": [{"key": r["key"], "token": chroot + r["token_path"],
+                           "name": os.path.basename(r["token_path"]),
+                           "ca": chroot + token_ca(r),
+                           "ca_source": r["oauth2"]["ca_file"]} for r in oauth],
+    }
+
+
+def token_ca(relay):
+    """The CA bundle (as smtp sees it) the plugin checks a relay's token
+    endpoint with: the primary's where earlier releases put it, any other
+    beside its token file (relays may use different providers)."""
+    if relay["role"] == "primary":
+        return XOAUTH2_CA
+    return relay["token_path"][:-len(".json")] + ".ca.pem"
+
+
+def _result(ident, relays, tables, params, map_type, host, extra, log_file):  # noqa: PLR0913
     """The settings the SLS files print."""
-    oauth2, password = rel["oauth2"], rel["password"]
+    primary = relays[0]
     return {
         **ident,
-        "sender": f"{ident['sender']}@{ident['domain']}",
-        "relayhost": rel["relayhost"],
-        "sasl": rel["sasl"],
-        "tls": rel["tls"],
+        "relayhost": params.get("relayhost", primary["nexthop"]),
+        "relays": relays,
+        "sasl": any(r["sasl"] for r in relays),
+        "tls": primary["tls"],
         "tables": tables,
-        "sasl_dir": os.path.dirname(tables["password"]),
+        "table_paths": {t["id"]: t["path"] for t in tables},
+        "sasl_dir": os.path.dirname(table_paths(host.get("config_dir", "/etc/postfix"))
+                                    ["password"]),
         "map_type": map_type,
-        "password_entries": {rel["relayhost"]: f"{rel['username']}:{password}"}
-        if rel["sasl"] else {},
-        "sender_rules": sender_rules(f"{ident['sender']}@{ident['domain']}"),
-        "reply_to_rules": reply_to_rules(ident["reply_to"]) if ident["reply_to"] else "",
-        "recipient_rules": recipient_rules(ident["hostname"], ident["recipient"])
-        if ident["recipient_mode"] == "local" else "",
+        "password_entries": {r["password_key"]: f"{r['username']}:{r['password']}"
+                             for r in relays if r["sasl"]},
         "main_cf": params,
-        "oauth2": oauth2,
-        # the token file as Postfix's smtp process sees it (the table's "password")
-        "oauth2_token_path": password if oauth2 else None,
-        # where the plugin's files lie on this host: in smtp's chroot when it has one
-        "xoauth2_paths": xoauth2_paths(host.get("smtp_chroot_dir", ""), password)
-        if oauth2 else None,
-        # the plugin's own config: no secrets (those go in the 0600 token file)
-        # (the plugin does not load without a client_secret key: the real one,
-        # if any, is in the token file, which overrides this). No syslog: its
-        # failure line is the last trace line, which can be the token endpoint's
-        # answer with a fresh access token (seen with 0.27); probe names causes.
-        "xoauth2_conf": json.dumps({
-            "client_id": oauth2["client_id"], "client_secret": "",
-            "token_endpoint": oauth2["token_endpoint"],
-            "log_to_syslog_on_failure": "no", "log_full_trace_on_failure": "no",
-        }, indent=1) + "\n" if oauth2 else None,
+        **_oauth2_values(relays, host),
         "extra_params": sorted(extra),
         "log_file": log_file,
     }
 
 
+# ---------------------------------------------------------------------------
+# Tables as data: the SLS files loop over this list.
+
+
 def table_paths(config_dir="/etc/postfix"):
     """
-    The tables the formula manages, by role.
+    The tables the formula manages, by role (names of the formula's own: an
+    admin's sender_canonical or tls_policy stays theirs).
 
     CLI Example:
 
@@ -731,21 +978,77 @@ def table_paths(config_dir="/etc/postfix"):
         "password": f"{config_dir}/sasl/passwd",
         "reply_to": f"{config_dir}/reply_to_header",
         "recipients": f"{config_dir}/recipient_canonical",
-        # a name of the formula's own: an admin's sender_canonical stays theirs
         "sender": f"{config_dir}/postfix_relay_sender",
+        "sender_relays": f"{config_dir}/postfix_relay_sender_relays",
+        "tls_policy": f"{config_dir}/postfix_relay_tls_policy",
     }
 
 
-def sender_rules(sender):
-    """sender_canonical regexp: every sender becomes ``sender``, except the
-    null sender of bounces.
+# state IDs as earlier releases named them (an upgrade keeps them)
+STATE_IDS = {"password": "password-table", "sender": "sender", "reply_to": "reply-to",
+             "recipients": "recipients", "sender_relays": "sender-relays",
+             "tls_policy": "tls-policy"}
 
-    `static:` would rewrite that one too (cleanup looks it up as an address):
-    a bounce would then carry the host's address, a relay that refused the
-    message refuses the bounce as well, and it bounces again, in a loop
-    (hundreds a second, seen in test_edge_cases.py). The null sender reaches
-    the lookup empty or as ``""@domain``; double-bounce@ is Postfix's own.
+
+def _table(role, path, present, map_type=None, literal=True, **content):
+    """One table: where, which type, and what it holds (``entries``,
+    ``contents`` or ``entries_from``) when present. ``indexed``: compiled by
+    postmap (a type change leaves other types' files to remove after main.cf)."""
+    spec_type = map_type if literal else "${default_database_type}"
+    return {"id": role, "state_id": STATE_IDS[role], "path": path,
+            "present": bool(present), "map_type": map_type,
+            "indexed": map_type != "regexp", "spec": f"{spec_type}:{path}",
+            "mode": content.pop("mode", "0644"), "secret": content.pop("secret", False),
+            "entries_from": None, "contents": None, "entries": None, **content}
+
+
+def table_list(config_dir, ident, relays, password_type):
     """
+    Every table the formula manages, present or absent, with its contents:
+    the password table (entries read when the state runs, never rendered),
+    the sender, Reply-To and recipient rules, the sender relays and the TLS
+    policy of several relays.
+    """
+    paths = table_paths(config_dir)
+    map_type, literal = password_type
+    senders = {r["sender"]: r["nexthop"] for r in relays if r["role"] == "sender"}
+    return [
+        _table("password", paths["password"], any(r["sasl"] for r in relays), map_type,
+               literal, mode="0600", secret=True,
+               entries_from="postfix_relay_settings.password_entries"),
+        _table("sender", paths["sender"], True, "regexp",
+               contents=sender_rules(ident["sender"], ident["sender_mode"],
+                                     ident["hostname"])),
+        _table("reply_to", paths["reply_to"], ident["reply_to"], "regexp",
+               contents=reply_to_rules(ident["reply_to"]) if ident["reply_to"] else ""),
+        _table("recipients", paths["recipients"], ident["recipient_mode"] == "local",
+               "regexp", contents=recipient_rules(ident["hostname"], ident["recipient"])),
+        _table("sender_relays", paths["sender_relays"], senders, map_type, literal,
+               entries=senders),
+        _table("tls_policy", paths["tls_policy"], len(relays) > 1, map_type, literal,
+               entries=tls_policy_entries(relays) if len(relays) > 1 else {}),
+    ]
+
+
+def sender_rules(sender, mode="all", hostname=None):
+    """sender_canonical regexp: every sender (mode all) or every host-local
+    sender (mode local: domainless ones, qualified with myorigin = the host
+    name, and @localhost) becomes ``sender``, except the null sender of
+    bounces and Postfix's double-bounce.
+
+    `static:` would rewrite the null sender too (cleanup looks it up as an
+    address): a bounce would then carry the host's address, a relay that
+    refused the message refuses the bounce as well, and it bounces again, in
+    a loop (hundreds a second, seen in test_edge_cases.py). The null sender
+    reaches the lookup empty or as ``""@domain``; double-bounce@ is Postfix's own.
+    """
+    if mode == "local":
+        host = re.escape(hostname)
+        return ("# Managed by postfix_relay: host-local senders become the host's "
+                "address;\n# other senders keep theirs (sender_mode local).\n"
+                "if !/^double-bounce@/\n"
+                f"/@({host}|localhost|localhost\\.localdomain)$/ {sender}\n"
+                "endif\n")
     return ("# Managed by postfix_relay: every sender becomes the host's address,\n"
             "# but a bounce keeps its null sender (no bounce loops).\n"
             f'!/^$|^""(@.*)?$|^double-bounce@/ {sender}\n')
@@ -791,6 +1094,7 @@ def _host_facts(lookup):
     return {
         "map_types": facts.get("map_types") or [],
         "default_database_type": facts.get("default_database_type"),
+        "mail_version": facts.get("mail_version"),
         "smtp_chroot_dir": chroot,
         "config_dir": config_dir,
         "ca_bundle": lookup.get("ca_bundle"),
@@ -880,12 +1184,20 @@ def lookup(saltenv=None):
     return dict(__context__[key])
 
 
+def _masked_oauth2(oauth2):
+    return oauth2 and {k: ("********" if k in ("client_secret", "refresh_token") and v
+                           else v) for k, v in oauth2.items()}
+
+
 def redact(result):
-    """The settings without the password (what a CLI call may show)."""
+    """The settings without the passwords and refresh tokens (what a CLI call
+    may show)."""
     shown = dict(result)
-    if result.get("oauth2"):
-        shown["oauth2"] = {k: ("********" if k in ("client_secret", "refresh_token") and v
-                               else v) for k, v in result["oauth2"].items()}
+    shown["oauth2"] = _masked_oauth2(result.get("oauth2"))
+    shown["relays"] = [{**relay, "oauth2": _masked_oauth2(relay["oauth2"]),
+                        "password": relay["password"] and (relay["token_path"]
+                                                           or "********")}
+                       for relay in result.get("relays", [])]
     shown["password_entries"] = {
         key: value.split(":", 1)[0] + ":********"
         for key, value in result["password_entries"].items()
@@ -941,21 +1253,38 @@ def password_entries(saltenv=None):
     return get(lookup=lookup(saltenv), show_secrets=True)["password_entries"]
 
 
-def oauth2_token_file(saltenv=None):
+def oauth2_token_files(saltenv=None):
     """
-    What the XOAUTH2 token file starts with (refresh token, client, endpoint,
-    the CA bundle as the plugin sees it), for ``postfix_xoauth2.token_file``:
-    read when the state runs, so the secrets stay out of the rendered state
-    data. Holds secrets: for states, not for the command line. ``saltenv``:
-    as for :py:func:`lookup`.
+    What each XOAUTH2 token file starts with, by file name (refresh token,
+    client, endpoint, the CA bundle as the plugin sees it), for
+    ``postfix_xoauth2.token_file`` (``data_key``: the file's name): read when
+    the state runs, so the secrets stay out of the rendered state data. Holds
+    secrets: for states, not for the command line. ``saltenv``: as for
+    :py:func:`lookup`.
     """
-    oauth2 = get(lookup=lookup(saltenv), show_secrets=True)["oauth2"] or {}
-    data = {"refresh_token": oauth2.get("refresh_token"), "client_id": oauth2.get("client_id"),
-            "token_endpoint": oauth2.get("token_endpoint"),
-            "ca_bundle_file": XOAUTH2_CA}
+    relays = get(lookup=lookup(saltenv), show_secrets=True)["relays"]
+    return {os.path.basename(r["token_path"]): _token_data(r) for r in relays if r["oauth2"]}
+
+
+def _token_data(relay):
+    oauth2 = relay["oauth2"]
+    data = {"refresh_token": oauth2["refresh_token"], "client_id": oauth2["client_id"],
+            "token_endpoint": oauth2["token_endpoint"], "ca_bundle_file": token_ca(relay)}
     if oauth2.get("client_secret"):
         data["client_secret"] = oauth2["client_secret"]
     return data
+
+
+def oauth2_token_file(saltenv=None):
+    """
+    The primary relay's token file data (see :py:func:`oauth2_token_files`);
+    kept for states written for one relay. Holds secrets.
+    """
+    relays = get(lookup=lookup(saltenv), show_secrets=True)["relays"]
+    oauth = [r for r in relays if r["oauth2"]]
+    return _token_data(oauth[0]) if oauth else {
+        "refresh_token": None, "client_id": None, "token_endpoint": None,
+        "ca_bundle_file": XOAUTH2_CA}
 
 
 def packages(values=None):
@@ -972,20 +1301,34 @@ def packages(values=None):
     """
     values = values or lookup()
     pkgs = list(values.get("packages") or [])
-    relay = (__pillar__.get(PILLAR_ROOT) or {}).get("relay") or {}
-    if not isinstance(relay, dict) or not relay.get("oauth2"):
+    key = _first_oauth2(__pillar__.get(PILLAR_ROOT) or {})
+    if key is None:
         return pkgs
     name = values.get("xoauth2_package")
     if not name:
-        _fail("relay:oauth2", f"no XOAUTH2 plugin package is known for os_family "
+        _fail(key, f"no XOAUTH2 plugin package is known for os_family "
               f"{__grains__.get('os_family')}: set postfix_relay:lookup:xoauth2_package")
     if __salt__["pkg.version"](name) or _offered(name):
         return pkgs + [name]
     hint = __salt__["postfix_sasl.xoauth2_hint"]() if "postfix_sasl.xoauth2_hint" in \
         __salt__ else "github.com/tarickb/sasl-xoauth2"
-    _fail("relay:oauth2", f"needs the Cyrus SASL client plugin {name}, which this "
+    _fail(key, f"needs the Cyrus SASL client plugin {name}, which this "
           f"host's package sources do not offer: {hint}; add a source that has it "
           "and update the package lists (or install it), then apply again")
+
+
+def _first_oauth2(pillar):
+    """The pillar key of the first relay with oauth2 (None: no relay has it)."""
+    if not isinstance(pillar, dict):
+        return None
+    found = [("relay", pillar.get("relay"))]
+    fallbacks, senders = pillar.get("fallback_relays"), pillar.get("sender_relays")
+    if isinstance(fallbacks, list):
+        found += [(f"fallback_relays:{i}", r) for i, r in enumerate(fallbacks)]
+    if isinstance(senders, dict):
+        found += [(f"sender_relays:{k}", r) for k, r in senders.items()]
+    return next((f"{key}:oauth2" for key, relay in found
+                 if isinstance(relay, dict) and relay.get("oauth2")), None)
 
 
 def _offered(name):

@@ -91,11 +91,12 @@ def write_token(path, data, user="postfix"):
     return True
 
 
-def stale_tokens(path):
+def stale_tokens(path, keep=None):
     """
     The other token files (``*.json``) in path's directory: left from a relay
-    the pillar no longer names, each still holds a refresh token. Nothing is
-    changed (``prune`` removes them).
+    the pillar no longer names, each still holds a refresh token. ``keep``:
+    more file names to leave (the token files of the other relays). Nothing
+    is changed (``prune`` removes them).
 
     CLI Example:
 
@@ -103,18 +104,19 @@ def stale_tokens(path):
 
         salt-call postfix_xoauth2.stale_tokens /var/spool/postfix/etc/sasl-xoauth2/x.json
     """
-    directory, keep = os.path.split(os.path.abspath(path))
+    directory, name = os.path.split(os.path.abspath(path))
+    kept = {name, *(keep or ())}
     try:
         names = os.listdir(directory)
     except FileNotFoundError:  # not written yet: nothing left over either
         return []
-    return sorted(name for name in names if name.endswith(".json") and name != keep)
+    return sorted(n for n in names if n.endswith(".json") and n not in kept)
 
 
-def prune(path):
+def prune(path, keep=None):
     """
-    Remove the other token files in path's directory (``stale_tokens``).
-    Returns the names removed.
+    Remove the other token files in path's directory (``stale_tokens``),
+    but those named in ``keep``. Returns the names removed.
 
     CLI Example:
 
@@ -123,7 +125,7 @@ def prune(path):
         salt-call postfix_xoauth2.prune /var/spool/postfix/etc/sasl-xoauth2/x.json
     """
     directory = os.path.dirname(os.path.abspath(path))
-    removed = stale_tokens(path)
+    removed = stale_tokens(path, keep)
     for name in removed:
         os.unlink(os.path.join(directory, name))
         with contextlib.suppress(FileNotFoundError):

@@ -19,9 +19,9 @@ postfix-relay-clean-smtpd-listener:
     - chroot: {{ postfix_relay.lookup.smtpd_chroot | json }}
     - config_dir: {{ conf }}
 
-{%- for id, path in [("password-table", tables.password), ("reply-to", tables.reply_to), ("recipients", tables.recipients), ("sender", tables.sender)] %}
+{%- for role, path in tables | dictsort %}
 
-postfix-relay-clean-{{ id }}:
+postfix-relay-clean-{{ role | replace("_", "-") }}:
   postmap.absent:
     - name: {{ path }}
     - config_dir: {{ conf }}

@@ -21,7 +21,7 @@ postfix-relay-config-sasl-dir:
 {%- if s.oauth2 %}
 
 {#- XOAUTH2: the plugin runs in Postfix's smtp process, inside its chroot when
-    master.cf gives it one: its config, token file and CA bundle go there. #}
+    master.cf gives it one: its config, token files and CA bundles go there. #}
 postfix-relay-config-xoauth2-dir:
   file.directory:
     - name: {{ s.xoauth2_paths.dir }}
@@ -51,104 +51,78 @@ postfix-relay-config-xoauth2-conf-chroot:
     - require:
       - file: postfix-relay-config-xoauth2-dir
 {%- endif %}
+{%- for r in s.oauth2_relays %}
+{#- the primary keeps the IDs of one-relay releases #}
+{%- set sfx = "" if loop.first else "-" ~ loop.index %}
 
-postfix-relay-config-xoauth2-ca:
+postfix-relay-config-xoauth2-ca{{ sfx }}:
   file.managed:
-    - name: {{ s.xoauth2_paths.ca }}
-    - source: {{ s.oauth2.ca_file }}
+    - name: {{ r.ca }}
+    - source: {{ r.ca_source }}
     - mode: "0644"
     - require:
       - file: postfix-relay-config-xoauth2-dir
 
-postfix-relay-config-xoauth2-token:
+{#- one token file per relay; pruning keeps every configured relay's file #}
+postfix-relay-config-xoauth2-token{{ sfx }}:
   postfix_xoauth2.token_file:
-    - name: {{ s.xoauth2_paths.token }}
-    - data_from: postfix_relay_settings.oauth2_token_file
+    - name: {{ r.token }}
+    - data_from: postfix_relay_settings.oauth2_token_files
+    - data_key: {{ r.name | json }}
+    - keep: {{ s.oauth2_relays | map(attribute="name") | list | json }}
     - user: postfix
     - require:
       - file: postfix-relay-config-xoauth2-dir
+{%- endfor %}
 {%- endif %}
+{#- Every table main.cf may name (settings: tables as data): present ones are
+    built before main.cf names them; absent ones go once main.cf stops naming
+    them (Postfix would otherwise defer mail looking them up). #}
+{%- for t in s.tables %}
 
-postfix-relay-config-password-table:
-{%- if s.sasl %}
+postfix-relay-config-{{ t.state_id }}:
+{%- if t.present %}
   postmap.managed:
-    - name: {{ s.tables.password }}
-    {#- read when the state runs: the password stays out of Salt's state cache #}
-    - entries_from: postfix_relay_settings.password_entries
-    {%- if s.map_type %}
-    - map_type: {{ s.map_type }}
-    {%- endif %}
-    - mode: "0600"
+    - name: {{ t.path }}
+  {%- if t.entries_from %}
+    {#- read when the state runs: secrets stay out of Salt's state cache #}
+    - entries_from: {{ t.entries_from }}
+  {%- elif t.contents is not none %}
+    - contents: {{ t.contents | json }}
+  {%- else %}
+    - entries: {{ t.entries | json }}
+  {%- endif %}
+  {%- if t.map_type %}
+    - map_type: {{ t.map_type }}
+  {%- endif %}
+    - mode: "{{ t.mode }}"
+  {%- if t.secret %}
     - secret: true
+  {%- endif %}
     - config_dir: {{ conf }}
+  {%- if t.indexed %}
     {#- on a type change the live main.cf still reads the old compiled file:
-        it goes in postfix-relay-config-password-table-other-types, after main.cf #}
+        it goes in ...-other-types, after main.cf #}
     - prune_other_types: false
-{%- else %}
-  postmap.absent:
-    - name: {{ s.tables.password }}
-    - config_dir: {{ conf }}
-{%- endif %}
+  {%- endif %}
     {#- one list: a second `require` key would replace this one #}
     - require:
       - pkg: postfix-relay-package-installed
-{%- if s.sasl %}
+  {%- if t.id == "password" %}
       - file: postfix-relay-config-sasl-dir
-{%- else %}
-      {#- a table main.cf no longer names goes once main.cf has stopped naming it #}
-      - postfix_control: postfix-relay-config-main-cf
-{%- endif %}
-
-{#- every sender becomes the host's address; a bounce keeps its null sender #}
-postfix-relay-config-sender:
-  postmap.managed:
-    - name: {{ s.tables.sender }}
-    - contents: {{ s.sender_rules | json }}
-    - map_type: regexp
-    - mode: "0644"
-    - config_dir: {{ conf }}
-    - require:
-      - pkg: postfix-relay-package-installed
-
-postfix-relay-config-reply-to:
-{%- if s.reply_to %}
-  postmap.managed:
-    - name: {{ s.tables.reply_to }}
-    - contents: {{ s.reply_to_rules | json }}
-    - map_type: regexp
-    - mode: "0644"
-    - config_dir: {{ conf }}
+  {%- endif %}
 {%- else %}
   postmap.absent:
-    - name: {{ s.tables.reply_to }}
-    - map_type: regexp
+    - name: {{ t.path }}
+  {%- if not t.indexed %}
+    - map_type: {{ t.map_type }}
+  {%- endif %}
     - config_dir: {{ conf }}
-{%- endif %}
     - require:
       - pkg: postfix-relay-package-installed
-{%- if not s.reply_to %}
       - postfix_control: postfix-relay-config-main-cf
 {%- endif %}
-
-postfix-relay-config-recipients:
-{%- if s.recipient_mode == "local" %}
-  postmap.managed:
-    - name: {{ s.tables.recipients }}
-    - contents: {{ s.recipient_rules | json }}
-    - map_type: regexp
-    - mode: "0644"
-    - config_dir: {{ conf }}
-{%- else %}
-  postmap.absent:
-    - name: {{ s.tables.recipients }}
-    - map_type: regexp
-    - config_dir: {{ conf }}
-{%- endif %}
-    - require:
-      - pkg: postfix-relay-package-installed
-{%- if s.recipient_mode != "local" %}
-      - postfix_control: postfix-relay-config-main-cf
-{%- endif %}
+{%- endfor %}
 
 {%- if postfix_relay.lookup.mailname_file %}
 
@@ -177,27 +151,20 @@ postfix-relay-config-main-cf:
       - pkg: postfix-relay-package-installed
       # tables first: main.cf never names a table that does not exist yet
       # (tables it stops naming are removed after it)
-{%- if s.sasl %}
-      - postmap: postfix-relay-config-password-table
-{%- endif %}
-      - postmap: postfix-relay-config-sender
-{%- if s.reply_to %}
-      - postmap: postfix-relay-config-reply-to
-{%- endif %}
-{%- if s.recipient_mode == "local" %}
-      - postmap: postfix-relay-config-recipients
-{%- endif %}
-{%- if s.sasl %}
+{%- for t in s.tables if t.present %}
+      - postmap: postfix-relay-config-{{ t.state_id }}
+{%- endfor %}
+{%- for t in s.tables if t.present and t.indexed %}
 
 {#- compiled files of an earlier map_type (old passwords), removed only once
     main.cf names the new type: until then Postfix reads them #}
-postfix-relay-config-password-table-other-types:
+postfix-relay-config-{{ t.state_id }}-other-types:
   postmap.other_types_absent:
-    - name: {{ s.tables.password }}
-    {%- if s.map_type %}
-    - map_type: {{ s.map_type }}
+    - name: {{ t.path }}
+    {%- if t.map_type %}
+    - map_type: {{ t.map_type }}
     {%- endif %}
     - config_dir: {{ conf }}
     - require:
       - postfix_control: postfix-relay-config-main-cf
-{%- endif %}
+{%- endfor %}

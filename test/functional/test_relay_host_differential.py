@@ -235,7 +235,7 @@ def test_password_table_is_built_with_the_type_main_cf_gives_it(
         pillar={"domain": "example.org", "recipient": "me@example.org", "main_cf": main_cf,
                 "relay": {"host": "smtp.example.net", "username": "u", "password": "p w"}},
         lookup={"config_dir": str(conf)}, show_secrets=True)
-    table = got["tables"]["password"]
+    table = got["table_paths"]["password"]
     os.makedirs(os.path.dirname(table))
     ret = loaders.states.postmap.managed(name=table, entries=got["password_entries"],
                                          map_type=got["map_type"], config_dir=str(conf))
@@ -291,7 +291,7 @@ def test_probe_sends_credentials_only_where_postfix_would(loaders, tmp_path, rel
                           **({"fingerprints": [fingerprint]} if match else {})}},
         lookup={"config_dir": str(conf)}, show_secrets=True)
     os.makedirs(conf / "sasl")
-    assert loaders.states.postmap.managed(name=got["tables"]["password"],
+    assert loaders.states.postmap.managed(name=got["table_paths"]["password"],
                                           entries=got["password_entries"],
                                           map_type=got["map_type"],
                                           config_dir=str(conf)).result is True

@@ -36,6 +36,13 @@ PILLARS = {
     "local-listen-none": {**BASE, "relay": PASSWORD, "recipient_mode": "local",
                           "listen": "none"},
     "no-sasl": {**BASE, "relay": {"host": "smtp.example.net", "port": 25}},
+    "several-relays": {
+        **BASE, "relay": PASSWORD, "sender_mode": "local", "queue_lifetime": "2d",
+        "fallback_relays": [{**PASSWORD, "host": "backup.example.com", "username": "b"}],
+        "sender_relays": {"@shop.example.org": {**PASSWORD, "host": "smtp.sendgrid.net"}}},
+    "several-oauth2": {
+        **BASE, "relay": OAUTH2,
+        "fallback_relays": [{**OAUTH2, "host": "smtp.gmail.com"}]},
 }
 CASES = [(name, "postfix_relay") for name in PILLARS] + [("password", "postfix_relay.clean")]
 
@@ -213,6 +220,44 @@ def test_tables_main_cf_stops_naming_go_after_main_cf(loaders, private_conf):
         assert main_cf in chunk["require"], chunk
         assert {"postmap": f"postfix-relay-config-{table}"} not in \
             by_id["postfix-relay-config-main-cf"]["require"]
+
+
+def test_several_relays_render_their_tables_before_main_cf(loaders, private_conf):
+    """Fallback and sender relays: the sender-relay and TLS policy tables are
+    built before main.cf names them, and their old-type files go after it."""
+    _, _, chunks, errors = render(loaders.opts, full_pillar("several-relays", private_conf),
+                                  "postfix_relay")
+    assert errors == []
+    by_id = {c["__id__"]: c for c in chunks}
+    main_cf = by_id["postfix-relay-config-main-cf"]
+    for table in ("password-table", "sender", "sender-relays", "tls-policy"):
+        chunk = by_id[f"postfix-relay-config-{table}"]
+        assert chunk["fun"] == "managed", chunk
+        assert {"postmap": f"postfix-relay-config-{table}"} in main_cf["require"]
+    assert by_id["postfix-relay-config-sender-relays"]["entries"] == {
+        "@shop.example.org": "[smtp.sendgrid.net]:587"}
+    for table in ("password-table", "sender-relays", "tls-policy"):
+        assert {"postfix_control": "postfix-relay-config-main-cf"} in \
+            by_id[f"postfix-relay-config-{table}-other-types"]["require"]
+    params = main_cf["params"]
+    assert params["relayhost"] == "[smtp.example.net]:587, [backup.example.com]:587"
+    assert params["maximal_queue_lifetime"] == params["bounce_queue_lifetime"] == "2d"
+
+
+def test_each_oauth2_relay_gets_its_own_token_file(loaders, private_conf):
+    """Two OAuth2 relays: two token files, each keeping the other when it
+    prunes; no secret in the rendered state data."""
+    _, _, chunks, errors = render(loaders.opts, full_pillar("several-oauth2", private_conf),
+                                  "postfix_relay")
+    assert errors == []
+    tokens = [c for c in chunks if c["state"] == "postfix_xoauth2"]
+    names = sorted(os.path.basename(c["name"]) for c in tokens)
+    assert names == ["smtp.gmail.com-587.json", "smtp.office365.com-587.json"]
+    for chunk in tokens:
+        assert sorted(chunk["keep"]) == names
+        assert chunk["data_key"] == os.path.basename(chunk["name"])
+    assert "rt" not in {str(v) for c in chunks for v in c.values()}
+    assert not any("cs" == v for c in chunks for v in c.values())
 
 
 RENDERED = {}  # pillar name: the State and its ordered chunks (this module's pillars)

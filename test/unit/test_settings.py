@@ -26,6 +26,11 @@ def pillar(**over):
     return base
 
 
+def table(result, role):
+    """The settings' table with id role (the SLS files loop over the list)."""
+    return next(t for t in result["tables"] if t["id"] == role)
+
+
 def run(**over):
     return settings.normalise(pillar(**over), GRAINS, HOST)
 
@@ -57,14 +62,14 @@ def test_original_setup_is_expressed_with_modern_values():
     assert cf["relayhost"] == "[smtp.example.net]:587"
     assert cf["recipient_canonical_maps"] == "static:me@example.org"
     assert cf["sender_canonical_maps"] == "regexp:/etc/postfix/postfix_relay_sender"
-    assert result["sender_rules"].endswith(" pi@example.org\n")
+    assert table(result, "sender")["contents"].endswith(" pi@example.org\n")
     assert cf["smtp_tls_security_level"] == "encrypt"
     assert cf["smtp_sasl_password_maps"] == "${default_database_type}:/etc/postfix/sasl/passwd"
     assert cf["smtp_sasl_tls_security_options"] == "noanonymous"
     assert "smtp_use_tls" not in cf
     assert "smtp_sender_dependent_authentication" not in cf
     assert result["password_entries"] == {"[smtp.example.net]:587": "user:s3cret pass"}
-    assert result["reply_to_rules"].count("PREPEND Reply-To: me@example.org") == 1
+    assert table(result, "reply_to")["contents"].count("PREPEND Reply-To: me@example.org") == 1
 
 
 def test_port_465_turns_on_wrappermode():
@@ -86,7 +91,7 @@ def test_local_mode_rewrites_only_host_local_recipients():
     assert result["main_cf"]["recipient_canonical_maps"] == \
         "regexp:/etc/postfix/recipient_canonical"
     assert result["main_cf"]["myorigin"] == "pi.example.org"
-    assert "pi\\.example\\.org" in result["recipient_rules"]
+    assert "pi\\.example\\.org" in table(result, "recipients")["contents"]
 
 
 def test_no_password_no_sasl_and_opportunistic_tls():
