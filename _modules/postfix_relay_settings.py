@@ -844,7 +844,9 @@ def _base_params(ident, tables):
         "alias_database": "",
         "inet_interfaces": "loopback-only",
         "mynetworks": "127.0.0.0/8 [::1]/128",
-        "masquerade_domains": domain,
+        # local modes pass other addresses unchanged: masquerading would turn
+        # an application's orders@shop.<domain> into orders@<domain>
+        "masquerade_domains": "" if local else domain,
         "always_add_missing_headers": "yes",
         "sender_canonical_maps": tables["sender"]["spec"],
         "recipient_canonical_maps": (f"static:{ident['recipient']}"
@@ -1046,7 +1048,7 @@ def sender_rules(sender, mode="all", hostname=None):
         host = re.escape(hostname)
         return ("# Managed by postfix_relay: host-local senders become the host's "
                 "address;\n# other senders keep theirs (sender_mode local).\n"
-                "if !/^double-bounce@/\n"
+                'if !/^(""|double-bounce)@/\n'
                 f"/@({host}|localhost|localhost\\.localdomain)$/ {sender}\n"
                 "endif\n")
     return ("# Managed by postfix_relay: every sender becomes the host's address,\n"
@@ -1083,11 +1085,11 @@ def _host_facts(lookup):
     """What the settings need to know of this host; Postfix may be absent yet."""
     config_dir = lookup.get("config_dir", "/etc/postfix")
     try:
-        facts = __salt__["postfix_control.facts"](config_dir)
+        facts = __salt__["postfix_facts.facts"](config_dir)
     except Exception:  # pylint: disable=broad-except
         facts = {}  # not installed yet: package.sls installs it first
     try:
-        chroot = __salt__["postfix_control.smtp_chroot_dir"](
+        chroot = __salt__["postfix_master.smtp_chroot_dir"](
             config_dir, lookup.get("smtp_chroot_dir", ""))
     except Exception:  # pylint: disable=broad-except
         chroot = lookup.get("smtp_chroot_dir", "")
@@ -1116,8 +1118,8 @@ def expand_param(params, name, config_dir="/etc/postfix"):
         salt-call postfix_relay_settings.expand_param \
             '{"default_database_type": "lmdb"}' default_database_type
     """
-    text = __salt__["postfix_control.render_main_cf"](
-        __salt__["postfix_control.complete_params"](params, config_dir))
+    text = __salt__["postfix_maincf.render_main_cf"](
+        __salt__["postfix_maincf.complete_params"](params, config_dir))
     tmp = tempfile.mkdtemp(prefix="postfix_relay.expand.")
     try:
         __utils__["postfix_files.write_atomic"](os.path.join(tmp, "main.cf"), text)
@@ -1208,7 +1210,7 @@ def redact(result):
 def _precheck(result, config_dir):
     """Postfix's own check of the resulting main.cf, its complaint pinned on
     the pillar key behind the parameter it names."""
-    problems = __salt__["postfix_control.precheck_main_cf"](result["main_cf"], config_dir)
+    problems = __salt__["postfix_maincf.precheck_main_cf"](result["main_cf"], config_dir)
     for problem in problems:
         named = [n for n in result["extra_params"] if re.search(rf"\b{n}\b", problem)]
         key = f"main_cf:{named[0]}" if named else "main_cf"

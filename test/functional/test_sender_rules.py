@@ -38,3 +38,26 @@ def test_every_sender_becomes_the_hosts_address(table, config_dir, sender):
                                          "double-bounce@pi.example.org"])
 def test_a_bounce_keeps_its_null_sender(table, config_dir, null_sender):
     assert lookup(table, config_dir, null_sender) is None
+
+
+@pytest.fixture(scope="module")
+def local_table(tmp_path_factory):
+    """sender_mode local: myorigin is the host name, so Postfix hands the
+    lookup domainless senders as <name>@pi.example.org."""
+    path = tmp_path_factory.mktemp("sender-local") / "sender_canonical"
+    path.write_text(settings.sender_rules("pi@example.org", "local", "pi.example.org"))
+    return path
+
+
+@pytest.mark.parametrize("sender", ["root@pi.example.org", "cron-user@PI.Example.org",
+                                    "www-data@localhost", "x@localhost.localdomain"])
+def test_local_mode_rewrites_host_local_senders(local_table, config_dir, sender):
+    assert lookup(local_table, config_dir, sender) == "pi@example.org"
+
+
+@pytest.mark.parametrize("sender", ["billing@example.org", "orders@shop.example.org",
+                                    "root@pi.example.org.evil.example", "pi.example.org@x.org",
+                                    "", '""@pi.example.org', "double-bounce@pi.example.org",
+                                    "app@notpi.example.org"])
+def test_local_mode_leaves_other_senders_and_bounces_alone(local_table, config_dir, sender):
+    assert lookup(local_table, config_dir, sender) is None
