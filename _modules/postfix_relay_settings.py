@@ -655,6 +655,28 @@ def _tls_mode(relay):
     return "implicit TLS" if relay["wrappermode"] else "STARTTLS (or plain SMTP)"
 
 
+def _one_mechanism_filter(sasl):
+    """Postfix filters SASL mechanisms once for all relays: relays that give
+    mechanisms give the same, the others take them; OAuth2 (filter xoauth2)
+    and password relays cannot be mixed."""
+    oauth = [r for r in sasl if r["oauth2"]]
+    plain = [r for r in sasl if not r["oauth2"]]
+    if oauth and plain:
+        odd = (plain if sasl[0]["oauth2"] else oauth)[0]
+        _fail(f"{odd['key']}:{'password' if odd in plain else 'oauth2'}",
+              f"{sasl[0]['key']} logs in with {'oauth2' if oauth[0] is sasl[0] else 'a password'}"
+              ": Postfix filters SASL mechanisms once for all relays, so oauth2 relays "
+              "and password relays cannot be mixed")
+    given = [r for r in sasl if r["mechanisms"]]
+    for relay in given[1:]:
+        if relay["mechanisms"] != given[0]["mechanisms"]:
+            _fail(f"{relay['key']}:mechanisms", f"{relay['mechanisms']} differs from "
+                  f"{given[0]['key']}:mechanisms {given[0]['mechanisms']}: Postfix filters "
+                  "SASL mechanisms once for all relays; give the same or leave it out")
+    for relay in sasl:
+        relay["mechanisms"] = given[0]["mechanisms"] if given else []
+
+
 def _one_transport(relays):
     """What Postfix's one smtp transport sets for every relay alike: implicit
     TLS or not, the SASL mechanism filter, the CA file that verifies."""
@@ -666,13 +688,7 @@ def _one_transport(relays):
                   "smtp client talks to all relays one way (smtp_tls_wrappermode), so "
                   "port 465 cannot be mixed with STARTTLS ports; use each provider's "
                   "587 (STARTTLS) throughout, or 465 throughout")
-    sasl = [r for r in relays if r["sasl"]]
-    for relay in sasl[1:]:
-        if relay["mechanisms"] != sasl[0]["mechanisms"]:
-            _fail(f"{relay['key']}:mechanisms", f"{relay['mechanisms'] or 'any'} differs "
-                  f"from {sasl[0]['key']}'s {sasl[0]['mechanisms'] or 'any'}: Postfix "
-                  "filters SASL mechanisms once for all relays (so oauth2 relays and "
-                  "password relays cannot be mixed either); give every relay the same")
+    _one_mechanism_filter([r for r in relays if r["sasl"]])
     verifying = [r for r in relays if r["tls"] in VERIFYING_LEVELS]
     for relay in verifying[1:]:
         if relay["ca_file"] != verifying[0]["ca_file"]:

@@ -114,10 +114,11 @@ def test_queue_lifetime_sets_both_lifetimes():
      "cannot be mixed"),
     ({"fallback_relays": [BACKUP, {**THIRD, "port": "smtp"}]}, "fallback_relays:1:port",
      "not a port number"),
-    ({"fallback_relays": [{**BACKUP, "mechanisms": ["plain"]}]},
+    ({"relay": {**PRIMARY, "mechanisms": ["login"]},
+      "fallback_relays": [{**BACKUP, "mechanisms": ["plain"]}]},
      "fallback_relays:0:mechanisms", "once for all relays"),
     ({"fallback_relays": [{"host": "smtp.office365.com", "username": "u",
-                           "oauth2": OAUTH2}]}, "fallback_relays:0:mechanisms",
+                           "oauth2": OAUTH2}]}, "fallback_relays:0:oauth2",
      "oauth2 relays and password relays"),
     ({"fallback_relays": [THIRD, {**BACKUP, "tls": "secure", "ca_file": "/etc/hostname"}]},
      "fallback_relays:1:ca_file", "one CA file"),
@@ -143,6 +144,12 @@ def test_bad_relays_are_refused_naming_the_key(over, key, words):
     message = refused(**over)
     assert message.startswith(f"pillar postfix_relay:{key}: "), message
     assert words in message
+
+
+def test_a_mechanism_filter_given_once_holds_for_every_relay():
+    result = run(fallback_relays=[{**BACKUP, "mechanisms": "PLAIN"}])
+    assert result["main_cf"]["smtp_sasl_mechanism_filter"] == "plain"
+    assert [r["mechanisms"] for r in result["relays"]] == [["plain"]] * 2
 
 
 def test_465_throughout_is_one_transport_in_wrappermode():
