@@ -246,8 +246,8 @@ class FakeSalt:
             "domain": "example.org", "recipient": "me@example.org",
             "relay": {"host": "smtp.example.net", "username": "u", "password": "p"}}}
         module.__salt__ = {"cp.get_file_str": self.get_file_str,
-                           "postfix_control.facts": self.facts,
-                           "postfix_control.smtp_chroot_dir": lambda *a: ""}
+                           "postfix_facts.facts": self.facts,
+                           "postfix_master.smtp_chroot_dir": lambda *a: ""}
         if state_env is None:
             module.__dict__.pop("__env__", None)
         else:
