@@ -1139,9 +1139,7 @@ def expand_param(params, name, config_dir="/etc/postfix"):
     tmp = tempfile.mkdtemp(prefix="postfix_relay.expand.")
     try:
         __utils__["postfix_files.write_atomic"](os.path.join(tmp, "main.cf"), text)
-        res = __salt__["cmd.run_all"](["postconf", "-c", tmp, "-x", "-h", name],
-                                      python_shell=False, ignore_retcode=True,
-                                      output_loglevel="quiet")
+        res = __salt__["postfix_cmd.run"](["postconf", "-c", tmp, "-x", "-h", name])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if res["retcode"]:

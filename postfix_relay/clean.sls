@@ -37,7 +37,7 @@ postfix-relay-clean-aliases:
       - postfix_control: postfix-relay-clean-main-cf
 
 {#- XOAUTH2 token files (refresh tokens) and the plugin's config #}
-{%- set chroot = salt["postfix_control.smtp_chroot_dir"](conf, postfix_relay.lookup.smtp_chroot_dir) %}
+{%- set chroot = salt["postfix_master.smtp_chroot_dir"](conf, postfix_relay.lookup.smtp_chroot_dir) %}
 {%- for path in salt["postfix_relay_settings.xoauth2_leftovers"](chroot) %}
 
 postfix-relay-clean-xoauth2-{{ loop.index }}:
