@@ -42,12 +42,15 @@ KNOWN_KEYS = {
     "domain", "hostname", "sender", "recipient", "recipient_mode", "reply_to",
     "listen", "relay", "main_cf", "log_file", "password_map",
     "fallback_relays", "sender_relays", "sender_mode", "queue_lifetime",
+    "beacon", "metrics_textfile",
 }
+KNOWN_BEACON_KEYS = {"interval", "deferred_max", "age_max"}
 KNOWN_RELAY_KEYS = {
     "host", "port", "mx", "username", "password", "tls", "ca_file", "mechanisms", "oauth2",
     "fingerprints",
 }
-KNOWN_OAUTH2_KEYS = {"token_endpoint", "client_id", "client_secret", "refresh_token", "ca_file"}
+KNOWN_OAUTH2_KEYS = {"token_endpoint", "client_id", "client_secret", "refresh_token", "ca_file",
+                     "keepalive_days"}
 # Table types that store "key value" lines as postmap builds them (pattern
 # tables such as regexp or pcre, and proxy:/static: lookups, cannot).
 PASSWORD_TABLE_TYPES = ("hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash")
@@ -336,6 +339,8 @@ def oauth2_settings(key, value, host):
         "refresh_token": _strict_text(f"{key}:refresh_token", value.get("refresh_token"),
                                       required=True),
         "ca_file": ca_file,
+        "keepalive_days": _count(f"{key}:keepalive_days", value.get("keepalive_days"), 14,
+                                 allow_off=True),
     }
 
 
@@ -810,6 +815,65 @@ def queue_lifetime(key, value):
     return text if text[-1].isalpha() else f"{text}d"
 
 
+def _count(key, value, default, minimum=0, allow_off=False):
+    """A whole number (YAML int or digits); ``false`` is 0 where allowed."""
+    if value is None or value == "":
+        return default
+    if value is False and allow_off:
+        return 0
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", str(value).strip()):
+        _fail(key, f"{value!r} is not a whole number")
+    number = int(str(value).strip())
+    if number < minimum and not (allow_off and number == 0):
+        _fail(key, f"{number} is below the minimum {minimum}")
+    return number
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def seconds(key, value, default):
+    """A duration: seconds, or a number with s, m, h, d or w."""
+    if value is None or value == "":
+        return default
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+[smhdw]?", text):
+        _fail(key, f"{value!r} is not a duration (seconds, or a number with s, m, h, d "
+              "or w)")
+    unit = text[-1] if text[-1].isalpha() else "s"
+    return int(text.rstrip("smhdw")) * _SECONDS[unit]
+
+
+def beacon_settings(value, metrics_textfile=None):
+    """
+    ``beacon``: the minion's postfix_relay beacon (interval in seconds, the
+    deferred count and oldest-message age that raise an event); None without
+    the key. ``metrics_textfile``: a node_exporter textfile (``*.prom``) the
+    beacon rewrites each interval.
+    """
+    textfile = absolute_path("metrics_textfile", metrics_textfile)
+    if textfile and not textfile.endswith(".prom"):
+        _fail("metrics_textfile", f"{textfile} must end in .prom (node_exporter's "
+              "textfile collector reads only those)")
+    if value is None or value is False:
+        if textfile:
+            _fail("metrics_textfile", "is written by the beacon: set beacon too "
+                  "(beacon: {} takes the defaults)")
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        _fail("beacon", "must be a mapping (interval, deferred_max, age_max) or true")
+    unknown = sorted(set(value) - KNOWN_BEACON_KEYS)
+    if unknown:
+        _fail(f"beacon:{unknown[0]}", "is not a known key "
+              f"(known: {', '.join(sorted(KNOWN_BEACON_KEYS))})")
+    return {"interval": _count("beacon:interval", value.get("interval"), 60, minimum=10),
+            "deferred_max": _count("beacon:deferred_max", value.get("deferred_max"), 10),
+            "age_max": seconds("beacon:age_max", value.get("age_max"), 3600),
+            "metrics_textfile": textfile}
+
+
 def _identity(pillar, grains):
     """Domain, host name, sender, recipient and the other addressing values."""
     domain = dns_name("domain", pillar.get("domain"), required=True)
@@ -829,6 +893,7 @@ def _identity(pillar, grains):
         "reply_to": address("reply_to", pillar.get("reply_to")),
         "listen": choice("listen", pillar.get("listen"), LISTEN_MODES, "loopback"),
         "queue_lifetime": queue_lifetime("queue_lifetime", pillar.get("queue_lifetime")),
+        "beacon": beacon_settings(pillar.get("beacon"), pillar.get("metrics_textfile")),
     }
 
 

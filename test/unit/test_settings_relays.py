@@ -189,3 +189,36 @@ def test_redact_masks_every_relays_secrets():
     for secret in ("pa", "pb", "pc", "ks", "cs3cret", "rt0ken"):
         assert f"'{secret}'" not in text and f":{secret}'" not in text, secret
     assert "'********'" in text
+
+
+def test_beacon_settings_take_defaults_and_durations():
+    assert run()["beacon"] is None
+    assert run(beacon={})["beacon"] == {"interval": 60, "deferred_max": 10, "age_max": 3600,
+                                         "metrics_textfile": None}
+    got = run(beacon={"interval": "30", "deferred_max": 0, "age_max": "2h"},
+              metrics_textfile="/var/lib/node_exporter/postfix_relay.prom")["beacon"]
+    assert got == {"interval": 30, "deferred_max": 0, "age_max": 7200,
+                   "metrics_textfile": "/var/lib/node_exporter/postfix_relay.prom"}
+
+
+@pytest.mark.parametrize(("over", "key"), [
+    ({"beacon": {"interval": 5}}, "beacon:interval"),
+    ({"beacon": {"age_max": "1 hour"}}, "beacon:age_max"),
+    ({"beacon": {"deferred_max": -1}}, "beacon:deferred_max"),
+    ({"beacon": {"intervall": 60}}, "beacon:intervall"),
+    ({"beacon": [60]}, "beacon"),
+    ({"beacon": {}, "metrics_textfile": "/var/lib/x.txt"}, "metrics_textfile"),
+    ({"metrics_textfile": "/var/lib/x.prom"}, "metrics_textfile"),
+    ({"relay": {"host": "smtp.office365.com", "username": "u",
+                "oauth2": {**OAUTH2, "keepalive_days": "often"}}, "fallback_relays": None},
+     "relay:oauth2:keepalive_days"),
+])
+def test_bad_beacon_settings_are_refused_naming_the_key(over, key):
+    assert refused(**over).startswith(f"pillar postfix_relay:{key}: ")
+
+
+def test_oauth2_keepalive_defaults_to_14_days_and_can_be_off():
+    one = {"host": "smtp.office365.com", "username": "u", "oauth2": OAUTH2}
+    assert run(relay=one, fallback_relays=None)["relays"][0]["oauth2"]["keepalive_days"] == 14
+    off = {**one, "oauth2": {**OAUTH2, "keepalive_days": False}}
+    assert run(relay=off, fallback_relays=None)["relays"][0]["oauth2"]["keepalive_days"] == 0
