@@ -6,8 +6,14 @@ test relay which access tokens are currently valid.
     with TokenEndpoint(refresh_token="r1", ttl=12, cert_dir=d) as endpoint:
         endpoint.url, endpoint.ca_file, endpoint.valid(user, token), endpoint.refreshes
         endpoint.revoke(), endpoint.reissue("r2"), endpoint.issued (access tokens)
+
+Several providers at once (one endpoint per relay): ``client_secret=`` makes
+the endpoint refuse any other secret (invalid_client), and
+``endpoint.saw(refresh_token)`` tells whether that refresh token was ever
+presented to it (only digests are kept).
 """
 
+import hashlib
 import http.server
 import json
 import secrets
@@ -21,13 +27,16 @@ from relay import make_certs
 
 class TokenEndpoint:
     def __init__(self, refresh_token, client_id="postfix-relay-test", ttl=12,
-                 cert_dir=None, user=None):
+                 cert_dir=None, user=None, client_secret=None):
         self.refresh_token, self.client_id, self.ttl = refresh_token, client_id, ttl
+        self.client_secret = client_secret  # None: any secret (or none) is taken
         self.user = user
         self.revoked = False
         self.issued = {}  # access token -> expiry (monotonic)
         self.refreshes = 0
         self.requests = []  # (grant_type, outcome): no secrets kept
+        self.presented = set()  # digests of the refresh tokens presented
+        self.clients = []  # the client_id of every request (not a secret)
         self.cert_dir = cert_dir
         self._server = None
 
@@ -45,9 +54,19 @@ class TokenEndpoint:
         return expiry is not None and expiry > time.monotonic() and \
             (self.user is None or user == self.user)
 
+    def saw(self, refresh_token):
+        """Whether refresh_token was ever presented here, accepted or not."""
+        return _digest(refresh_token) in self.presented
+
     def _grant(self, form):
+        self.presented.add(_digest(form.get("refresh_token", "")))
+        self.clients.append(form.get("client_id"))
         if form.get("grant_type") != "refresh_token" or form.get("client_id") != self.client_id:
             return 400, {"error": "invalid_client"}
+        if self.client_secret is not None and not secrets.compare_digest(
+                form.get("client_secret", ""), self.client_secret):
+            return 401, {"error": "invalid_client",
+                         "error_description": "AADSTS7000215: invalid client secret"}
         if self.revoked or not secrets.compare_digest(form.get("refresh_token", ""),
                                                       self.refresh_token):
             return 400, {"error": "invalid_grant",
@@ -96,3 +115,7 @@ class TokenEndpoint:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _digest(value):
+    return hashlib.sha256(value.encode()).hexdigest()
