@@ -2,6 +2,8 @@
 and stops a run in one line when a collected suite needs a command or venv
 that is not there (instead of one traceback per test)."""
 
+import contextlib
+import json
 import logging
 import os
 import pathlib
@@ -29,19 +31,120 @@ def pytest_collection_modifyitems(session, config, items):
     problem = missing_prerequisite(suites, suite_commands(PREREQUISITES.read_text()))
     if problem:
         pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
-    # Suites that first build a Debian tree (minutes when the cache is cold)
-    # start first: pytest-xdist hands out modules in this order, so the other
-    # worker runs the rest meanwhile instead of waiting for them at the end.
-    order = {suite: rank for rank, suite in enumerate(FIRST_SUITES)}
-    items.sort(key=lambda item: order.get(_suite_of(item), len(FIRST_SUITES)))
 
 
-FIRST_SUITES = ("pi", "xoauth2", "systemd", "debian13", "compat", "fleet")
+# Suites whose tests wait for a Debian tree (debian_chroot.pristine): minutes
+# each while the tree is built, so they go last while scripts/setup --tests
+# still builds trees in the background (test/prebuild_trees.py).
+TREE_SUITES = ("pi", "systemd", "debian13", "xoauth2")
+# Files whose tests share no costly module fixture: each test is a unit of its
+# own, so that each Salt release's compat run can go to another worker.
+SPLIT_FILES = ("test/compat/test_older_salt.py",)
+# Seconds a test of a suite takes when the last run's durations do not say
+# (first run, new test): enough to put the slow suites first.
+PRIOR_SECONDS = {"compat": 100, "isolation": 60, "pi": 30, "xoauth2": 15, "systemd": 15,
+                 "fleet": 10, "debian13": 10, "integration": 3}
+DURATIONS_FILE = "durations.json"
 
 
-def _suite_of(item):
-    relative = pathlib.Path(str(item.path)).resolve().relative_to(TEST_DIR)
-    return relative.parts[0] if len(relative.parts) > 1 else ""
+@pytest.hookimpl(optionalhook=True)  # test/compat's venvs have no xdist
+def pytest_xdist_make_scheduler(config, log):
+    """Longest work first (what the last run measured), each file on one
+    worker: xdist's loadfile sends the files with the most tests first, which
+    left the two slowest tests (compat, one file) to one worker at the end."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFirst(LoadFileScheduling):
+        ordered = False
+
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::", 1)[0]
+            return nodeid if path in SPLIT_FILES else path
+
+        def _assign_work_unit(self, node):
+            if not self.ordered:  # the first assignment: the queue is complete
+                self.ordered = True
+                units = sorted(self.workqueue.items(), key=unit_order(self.config))
+                self.workqueue.clear()
+                self.workqueue.update(units)
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log)
+
+
+def unit_order(config):
+    """Sort key of a work unit (scope, {nodeid: done}): tree suites last
+    while trees are still being built, then the longest first."""
+    known = _durations_read()
+    building = _trees_being_built()
+
+    def key(unit):
+        scope, nodeids = unit
+        suite = _suite_of_nodeid(scope)
+        cost = sum(known.get(n, PRIOR_SECONDS.get(suite, 0.5)) for n in nodeids)
+        return (building and suite in TREE_SUITES, -cost)
+    return key
+
+
+def _suite_of_nodeid(nodeid):
+    parts = pathlib.PurePath(nodeid.split("::", 1)[0]).parts
+    return parts[1] if len(parts) > 2 and parts[0] == "test" else ""
+
+
+def _trees_being_built():
+    """True while test/prebuild_trees.py holds its lock."""
+    import fcntl
+
+    from debian_chroot import cache_dir
+    try:
+        with open(cache_dir() / "prebuild.lock", "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False
+
+
+def _durations_path():
+    from debian_chroot import cache_dir
+    return cache_dir() / DURATIONS_FILE
+
+
+def _durations_read():
+    try:
+        return json.loads(_durations_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+_measured = {}
+
+
+def pytest_runtest_logreport(report):
+    """Each test's setup + call + teardown seconds (on the xdist controller
+    too: it sees every worker's reports)."""
+    _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    """The measured durations, merged into the last run's, for the next
+    run's order (by the xdist controller only: not its workers, nor the
+    pytest runs some tests start inside, under another Salt)."""
+    config = session.config
+    if hasattr(config, "workerinput") or getattr(config.option, "dist", "no") == "no":
+        return
+    if not _measured:
+        return
+    with contextlib.suppress(OSError):
+        path = _durations_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        merged = {**_durations_read(), **{k: round(v, 2) for k, v in _measured.items()}}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(merged, sort_keys=True))
+        tmp.replace(path)
 
 
 @pytest.fixture(scope="session")
