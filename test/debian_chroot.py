@@ -133,10 +133,11 @@ def tree_key(suite, python, packages, prepare=None):
     return f"{suite}-{arch}-{kind}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
 
 
-def pristine(suite, python="python3", packages=(), prepare=None):
+def pristine(suite, python="python3", packages=(), prepare=None, cache=None):
     """The cached tree for this key, built first if absent (one builder at a
-    time per key; a half-built tree is never used)."""
-    cache = cache_dir()
+    time per key; a half-built tree is never used), in cache (default:
+    cache_dir())."""
+    cache = cache or cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     key = tree_key(suite, python, packages, prepare)
     tree = cache / key

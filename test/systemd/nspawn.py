@@ -38,20 +38,13 @@ def fetch_rsyslog(chroot):
     chroot.run("apt-get", "-q", "-y", "install", "--download-only", "rsyslog", network=True)
 
 
-@contextlib.contextmanager
-def own_cache():
-    """Trees of our own cache directory: debian_chroot.prune() keeps one tree
-    per suite, so a systemd tree in the shared cache would delete the plain
-    bookworm/trixie trees other suites use, and they would delete ours."""
-    old = os.environ.get("POSTFIX_RELAY_TEST_CACHE")
-    os.environ["POSTFIX_RELAY_TEST_CACHE"] = str(debian_chroot.cache_dir() / "systemd")
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("POSTFIX_RELAY_TEST_CACHE")
-        else:
-            os.environ["POSTFIX_RELAY_TEST_CACHE"] = old
+def tree(suite):
+    """The cached systemd tree of suite, in a cache directory of its own:
+    debian_chroot.prune() keeps one tree per suite and kind, and the plain
+    bookworm/trixie trees other suites use live beside (given as an argument,
+    not through the environment: scripts/prebuild_trees.py builds in threads)."""
+    return debian_chroot.pristine(suite, packages=PACKAGES, prepare=fetch_rsyslog,
+                                  cache=debian_chroot.cache_dir() / "systemd")
 
 
 def build(work, suite, hostname):
@@ -59,15 +52,14 @@ def build(work, suite, hostname):
     copy debian_chroot.build() makes takes 10-40 s per gigabyte on a busy
     disk; an overlay is instant and the cached tree stays untouched), with
     what build() adds: resolver, host name, formula. unmount() undoes it."""
-    with own_cache():
-        tree = debian_chroot.pristine(suite, packages=PACKAGES, prepare=fetch_rsyslog)
+    lower = tree(suite)
     root = work / "root"
     for name in ("root", "upper", "work"):
         (work / name).mkdir(parents=True)
     res = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                          f"lowerdir={tree},upperdir={work / 'upper'},workdir={work / 'work'}",
+                          f"lowerdir={lower},upperdir={work / 'upper'},workdir={work / 'work'}",
                           str(root)], capture_output=True, text=True)
-    assert res.returncode == 0, f"overlay on {tree}: {res.stderr}"
+    assert res.returncode == 0, f"overlay on {lower}: {res.stderr}"
     shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
     with open(root / "etc/hosts", "a") as hosts:
         hosts.write(f"127.0.1.1 {hostname}.example.org {hostname}\n")
@@ -174,24 +166,8 @@ def children(pid):
     return found
 
 
-def _pip_trusts_host_ca():
-    """Bookworm's pip (23.0) reads its own certifi bundle, not SSL_CERT_FILE:
-    behind a TLS proxy it needs REQUESTS_CA_BUNDLE too (for debian_chroot's
-    make_tree; to be fixed there)."""
-    run = debian_chroot.Chroot.run
-
-    def patched(self, *argv, env=None, **kwargs):
-        if env and "SSL_CERT_FILE" in env:
-            env = {**env, "REQUESTS_CA_BUNDLE": env["SSL_CERT_FILE"]}
-        return run(self, *argv, env=env, **kwargs)
-    debian_chroot.Chroot.run = patched
-
-
 if __name__ == "__main__":
     # Warm the cache (needs the machine's network): python3 test/systemd/nspawn.py bookworm
-    _pip_trusts_host_ca()
-    with own_cache():
-        for name in sys.argv[1:]:
-            started = time.monotonic()
-            print(name, debian_chroot.pristine(name, packages=PACKAGES, prepare=fetch_rsyslog),
-                  round(time.monotonic() - started, 1), "s", flush=True)
+    for name in sys.argv[1:]:
+        started = time.monotonic()
+        print(name, tree(name), round(time.monotonic() - started, 1), "s", flush=True)
