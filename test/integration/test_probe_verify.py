@@ -72,6 +72,11 @@ def test_probe_predicts_the_mechanism_postfix_uses(applier, tmp_path, mechanisms
         assert probed["negotiated_mechanism"] == seen["auth_mechanism"]
         assert verified["mechanism"] == seen["auth_mechanism"]
         assert probed["tls"]["protocol"].startswith("TLS")
+        # one relay: one entry, the primary, whose fields are also at the top
+        assert [(r["key"], r["role"]) for r in probed["relays"]] == [("relay", "primary")]
+        assert probed["relays"][0]["negotiated_mechanism"] == seen["auth_mechanism"]
+        assert probed["failing"] == []
+        assert verified["relay_used"]["key"] == "relay" and verified["relay_as_configured"]
         if mechanisms:
             assert probed["credentials"]["accepted"] is True
             assert probed["credentials"]["key"] == f"[127.0.0.1]:{relay.port}"
@@ -155,6 +160,7 @@ def test_password_key_not_matching_relayhost(applier, tmp_path):
     assert data["credentials"]["keys_tried"] == ["127.0.0.1", f"[127.0.0.1]:{relay.port}"]
     assert f"found 127.0.0.1:{relay.port}" in causes(data)
     assert f"write the key exactly as relayhost: [127.0.0.1]:{relay.port}" in causes(data)
+    assert data["failing"] == ["relay"]
 
 
 def test_password_table_missing_or_stale(applier, tmp_path):
@@ -173,6 +179,10 @@ def test_password_table_missing_or_stale(applier, tmp_path):
         relay.stop()
     assert "was never compiled" in causes(missing)
     assert "is stale" in causes(stale)
+    # the table is every relay's: its problem names no single relay
+    assert [d.get("relay") for d in missing["diagnosis"] if "never compiled" in d["cause"]] \
+        == [None]
+    assert missing["ok"] is False and stale["ok"] is False
     assert repaired["ok"] is True, causes(repaired)
 
 
@@ -183,6 +193,8 @@ def test_relay_unreachable(applier, tmp_path):
     code, data = call(applier, "postfix_relay.probe")
     assert data["ok"] is False
     assert f"relay 127.0.0.1:{relay.port} is unreachable" in causes(data)
+    assert data["failing"] == ["relay"]
+    assert {d["relay"] for d in data["diagnosis"]} == {"relay"}
 
 
 def test_relay_name_not_resolving(applier, minion):
@@ -249,6 +261,8 @@ def test_credentials_rejected(applier, tmp_path):
     assert data["credentials"]["accepted"] is False
     assert data["credentials"]["code"] == 535
     assert "the relay rejects the credentials (535" in causes(data)
+    assert "relay:username" in causes(data)
+    assert data["relays"][0]["credentials"]["accepted"] is False
     assert "wrong-password-1" not in str(data)
 
 
