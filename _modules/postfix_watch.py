@@ -1,0 +1,632 @@
+"""
+Is mail leaving this host? The conditions the ``postfix_relay`` beacon
+reports, found from the new part of Postfix's log and the queue: ``deferred``
+(more than deferred_max messages wait), ``age`` (the oldest deferred message
+is older than age_max), ``credentials`` (the relay refuses the login),
+``tls``, ``unreachable``, ``oauth2`` (an XOAUTH2 token refresh failed).
+
+The state (log position, active conditions, last delivery) lives in the
+minion's cachedir, so a minion restart neither re-reads the log nor repeats
+an event. Nothing secret is kept or returned: relay replies are scrubbed of
+anything that looks like a token or password.
+
+.. code-block:: bash
+
+    salt-call postfix_watch.conditions
+"""
+
+import json
+import os
+import re
+import time
+
+__virtualname__ = "postfix_watch"
+
+CONDITIONS = ("deferred", "age", "credentials", "tls", "unreachable", "oauth2")
+LOG_CONDITIONS = ("credentials", "tls", "unreachable", "oauth2")
+QUEUES = ("active", "deferred", "hold", "incoming", "maildrop")
+# one interval reads at most this much new log: a flood is skipped, not parsed
+MAX_READ = 8 * 1024 * 1024
+
+# Postfix's client processes only: smtpd's "SASL authentication failed" is a
+# client of ours failing, not our relay refusing us.
+_CLIENT = re.compile(r"postfix[^/\s]*/(?:smtp|lmtp|error)\[\d+\]: ")
+_STATUS = re.compile(r"relay=(?P<relay>[^,\s]+), .*?status=(?P<status>\w+) "
+                     r"\((?P<reply>.*)\)\s*$")
+_NAMADDR = re.compile(r"(?P<name>[^\s\[\](),;:]+)\[(?P<addr>[^\]]+)\](?::(?P<port>\d+))?")
+_PATTERNS = (
+    ("oauth2", re.compile(r"invalid_grant|invalid_client|unauthorized_client|AADSTS\d+|"
+                          r"token has been expired or revoked|xoauth2.*(?:fail|error)|"
+                          r"TokenStore", re.I)),
+    ("credentials", re.compile(r"SASL authentication failed|\b535[ -]|"
+                               r"authentication (?:credentials invalid|failed|unsuccessful)",
+                               re.I)),
+    ("tls", re.compile(r"TLS is required|Cannot start TLS|refused to start TLS|"
+                       r"certificate verification failed|certificate not verified|"
+                       r"TLS handshake|untrusted issuer", re.I)),
+    ("unreachable", re.compile(r"Connection refused|Connection timed out|No route to host|"
+                               r"Network is unreachable|Host or domain name not found|"
+                               r"Name service error|conversation with .* timed out|"
+                               r"lost connection with .* initial server greeting", re.I)),
+)
+# What looks like a secret in a relay's or token endpoint's reply.
+_SECRET_FIELD = re.compile(
+    r"""(?P<key>["']?\b[\w-]*(?:token|secret|password|passwd|assertion|bearer|auth=|"""
+    r"""code)[\w-]*["']?\s*[:=]\s*)(?P<value>"[^"]*"|'[^']*'|[^\s,;&}]+)""", re.I)
+_BEARER = re.compile(r"\b(Bearer|Basic)\s+\S+", re.I)
+_LONG_OPAQUE = re.compile(r"[A-Za-z0-9+/_~.=-]{32,}")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def scrub(text):
+    """
+    A relay's reply with anything secret-looking replaced by ``****``: token,
+    secret and password fields (``key=value``, JSON), Bearer/Basic
+    credentials, and long opaque strings (JWTs, access and refresh tokens).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_watch.scrub '535 5.7.3 {"access_token":"ya29.x"}'
+    """
+    text = _SECRET_FIELD.sub(lambda m: m.group("key") + "****", str(text or ""))
+    text = _BEARER.sub(lambda m: m.group(1) + " ****", text)
+    # a long run with letters and digits is a token, not a word of a reply
+    return _LONG_OPAQUE.sub(lambda m: "****" if re.search(r"\d", m.group())
+                            and re.search(r"[A-Za-z]", m.group()) else m.group(), text)[:500]
+
+
+def relay_of(text, field=None):
+    """The relay as the log names it (``name[addr]:port``): the relay= field,
+    else the first name[addr]:port in the text, else a name the resolver
+    could not find."""
+    if field and field != "none":
+        return field
+    match = _NAMADDR.search(text)
+    if match:
+        return match.group()
+    match = re.search(r"name=(\S+?) type=", text)
+    return match.group(1) if match else None
+
+
+def _key_part(relay):
+    """(name, port) of a relay string, for matching a later delivery."""
+    match = _NAMADDR.match(relay or "")
+    if match:
+        return match.group("name").lower(), match.group("port")
+    return (relay or "").lower(), None
+
+
+def same_relay(one, other):
+    """Two relay strings name the same relay (the port when both have one)."""
+    (name1, port1), (name2, port2) = _key_part(one), _key_part(other)
+    return bool(name1) and name1 == name2 and (port1 is None or port2 is None or port1 == port2)
+
+
+def cause_fix(condition, reply, relay, key="relay"):
+    """(cause, fix) in probe's words for a condition seen in the log."""
+    where = relay or "the relay"
+    if condition == "oauth2":
+        if "invalid_grant" in reply or "expired or revoked" in reply or "AADSTS" in reply:
+            return (f"the token endpoint rejects the refresh token ({reply}): revoked, "
+                    "expired or issued to another client; Postfix keeps the mail queued",
+                    f"get a new refresh token for {key}:username (e.g. sasl-xoauth2-tool "
+                    f"get-token), set {key}:oauth2:refresh_token and re-apply")
+        return (f"the XOAUTH2 plugin could not get an access token for {where} ({reply})",
+                "run salt-call postfix_relay.probe: it names the token endpoint's answer")
+    if condition == "credentials":
+        if "offered no compatible" in reply or "cannot authenticate" in reply:
+            return (f"No worthy mechs found: {reply}",
+                    "run salt-call postfix_relay.probe: it names the mechanism and the "
+                    "SASL plugin package")
+        return (f"the relay rejects the credentials ({reply})",
+                f"fix {key}:username / password in the pillar and re-apply")
+    if condition == "tls":
+        return _tls_cause_fix(reply, where, key)
+    if "not found" in reply or "Name service error" in reply:
+        return (f"the relay name {where} does not resolve ({reply})",
+                f"check {key}:host and this host's DNS (/etc/resolv.conf)")
+    return (f"relay {where} is unreachable: {reply}",
+            f"check {key}:host and {key}:port, and that the relay and firewalls allow it")
+
+
+def _tls_cause_fix(reply, where, key):
+    if "not offered" in reply or "refused to start TLS" in reply:
+        return (f"the relay offers no STARTTLS, and the TLS level requires TLS: Postfix "
+                f"defers all mail ({reply})",
+                "use the relay's submission port with TLS (587 or 465)")
+    if "verif" in reply or "untrusted" in reply:
+        return (f"the relay's certificate does not verify ({reply}): Postfix defers all mail",
+                f"set {key}:ca_file to the CA that signed the relay's certificate")
+    return (f"TLS with {where} failed ({reply})",
+            f"check {key}:port and {key}:tls (465: implicit TLS; 587: STARTTLS), "
+            "then run salt-call postfix_relay.probe")
+
+
+def classify(line, xoauth2=False):
+    """
+    What one log line says about the relay: ``{"condition", "relay",
+    "reply"}`` for a failure, ``{"sent": relay}`` for a delivery, None
+    otherwise. ``xoauth2``: the relay logs in with XOAUTH2, so a client-side
+    SASL failure is the token refresh failing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_watch.classify 'postfix/smtp[9]: A1: to=<r@x>, \
+            relay=none, delay=1, delays=0/0/1/0, dsn=4.4.1, status=deferred \
+            (connect to smtp.example.net[192.0.2.1]:587: Connection refused)'
+    """
+    client = _CLIENT.search(line)
+    if not client:
+        return None
+    text = line[client.end():]
+    status = _STATUS.search(text)
+    if status and status.group("status") == "sent":
+        relay = status.group("relay")
+        return {"sent": relay} if relay not in ("none", "local") else None
+    reply = status.group("reply") if status else text
+    for condition, pattern in _PATTERNS:
+        if pattern.search(reply):
+            if xoauth2 and condition == "credentials" and "cannot authenticate" in reply:
+                condition = "oauth2"
+            return {"condition": condition, "relay": relay_of(reply, status and
+                                                              status.group("relay")),
+                    "reply": scrub(reply)}
+    return None
+
+
+def queue_facts(config_dir="/etc/postfix"):
+    """
+    The queue from ``postqueue -j``: messages per queue, the deferred count,
+    the oldest deferred message's age in seconds, and the most common
+    deferral reason (scrubbed).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_watch.queue_facts
+    """
+    res = __salt__["postfix_cmd.run"](["postqueue", "-c", config_dir, "-j"])
+    facts = {"ok": not res["retcode"], "queues": dict.fromkeys(QUEUES, 0),
+             "deferred": 0, "oldest_age": None, "reason": None}
+    oldest, reasons = None, {}
+    for line in res["stdout"].splitlines() if facts["ok"] else ():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        name = item.get("queue_name")
+        facts["queues"][name] = facts["queues"].get(name, 0) + 1
+        if name != "deferred":
+            continue
+        arrival = item.get("arrival_time") or time.time()
+        oldest = arrival if oldest is None else min(oldest, arrival)
+        for rcpt in item.get("recipients") or ():
+            reason = rcpt.get("delay_reason")
+            if reason:
+                reasons[reason] = reasons.get(reason, 0) + 1
+    facts["deferred"] = facts["queues"]["deferred"]
+    if oldest is not None:
+        facts["oldest_age"] = max(0, int(time.time() - oldest))
+    if reasons:
+        facts["reason"] = scrub(max(reasons, key=reasons.get))
+    return facts
+
+
+def state_path():
+    """Where the beacon keeps its state: the minion's cachedir (root-only)."""
+    return os.path.join(__opts__["cachedir"], "postfix_relay", "beacon.json")
+
+
+def load_state(path=None):
+    """The saved state, or a fresh one (no log position: start at the end)."""
+    try:
+        with open(path or state_path(), encoding="utf-8") as handle:
+            state = json.load(handle)
+        if isinstance(state, dict):
+            return state
+    except (OSError, ValueError):
+        pass
+    return {"active": {}, "position": None, "last_sent": None}
+
+
+def save_state(state, path=None):
+    """Written atomically (temp + rename), 0600 in a root-only directory."""
+    path = path or state_path()
+    __utils__["postfix_files.private_dir"](os.path.dirname(path))
+    __utils__["postfix_files.write_atomic"](path, json.dumps(state, sort_keys=True),
+                                           mode=0o600, backdate_mtime=False)
+
+
+# -- the new part of the log ---------------------------------------------------
+
+def _read_from(path, offset, limit=MAX_READ):
+    """(lines from offset to the end of path, the end offset); at most limit
+    bytes, the newest ones, starting on a whole line."""
+    with open(path, "rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        start = max(offset, end - limit)
+        handle.seek(start)
+        data = handle.read(end - start)
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if start > offset and lines:
+        lines = lines[1:]  # the cut line's tail
+    return lines, end
+
+
+def _rotated_tail(path, inode, offset):
+    """Lines appended to the old file after the last read, when logrotate
+    renamed it (path.1 with the old inode); none when it is gone."""
+    old = path + ".1"
+    try:
+        if os.stat(old).st_ino == inode:
+            return _read_from(old, offset)[0]
+    except OSError:
+        pass
+    return []
+
+
+def file_lines(position, path):
+    """
+    New lines of a log file since ``position`` (``{"path", "inode",
+    "offset"}``, None: start at the end now) and the new position. A new
+    inode (rotation) or a smaller file (truncation) is read from the top.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [], {"path": path, "inode": None, "offset": 0}
+    if not position or position.get("path") != path:
+        return [], {"path": path, "inode": st.st_ino, "offset": st.st_size}
+    lines, offset = [], position.get("offset") or 0
+    if position.get("inode") != st.st_ino:
+        lines = _rotated_tail(path, position.get("inode"), offset)
+        offset = 0
+    elif st.st_size < offset:
+        offset = 0
+    if st.st_size > offset:
+        new, offset = _read_from(path, offset)
+        lines += new
+    return lines, {"path": path, "inode": st.st_ino, "offset": offset}
+
+
+def journal_lines(position):
+    """
+    New mail-facility lines of the journal after ``position``'s cursor (None:
+    start at the end now) and the new position. A cursor the journal no
+    longer has (vacuumed) starts again at the end.
+    """
+    argv = ["journalctl", "--no-pager", "--show-cursor", "-o", "short", "SYSLOG_FACILITY=2"]
+    cursor = (position or {}).get("cursor")
+    res = __salt__["postfix_cmd.run"](argv + (["--after-cursor", cursor] if cursor else
+                                              ["-n", "1"]))
+    if res["retcode"] and cursor:
+        return journal_lines(None)
+    lines = res["stdout"].splitlines()
+    new = next((line[len("-- cursor: "):] for line in reversed(lines)
+                if line.startswith("-- cursor: ")), cursor)
+    text = [line for line in lines if not line.startswith("-- ")]
+    return (text if cursor else []), {"journal": True, "cursor": new}
+
+
+def new_lines(state, where):
+    """The log lines written since the state's position (updated in place).
+    A journal that holds nothing (Storage=none) leaves the syslog file."""
+    position = state.get("position")
+    if where["type"] == "journal":
+        lines, pos = journal_lines(position if (position or {}).get("journal") else None)
+        if pos["cursor"] or not where.get("also"):
+            state["position"] = pos
+            return lines
+        where = {"type": "file", "path": where["also"]}
+    if where["type"] != "file":
+        state["position"] = None
+        return []
+    lines, state["position"] = file_lines(position if (position or {}).get("path") else None,
+                                          where["path"])
+    return lines
+
+
+# -- conditions -----------------------------------------------------------------
+
+_SYSLOG_TIME = re.compile(r"^(?P<stamp>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d)\s")
+
+
+def _line_time(line, now):
+    """A log line's time (syslog's "Nov 28 02:40:01", this year), else now."""
+    match = _SYSLOG_TIME.match(line)
+    if not match:
+        return now
+    try:
+        stamp = time.strptime(f"{time.gmtime(now).tm_year} {match.group('stamp')}",
+                              "%Y %b %d %H:%M:%S")
+    except ValueError:
+        return now
+    found = time.mktime(stamp)
+    return found if found <= now + 86400 else now  # a line from last December
+
+
+def _uses_xoauth2(cache):
+    """The relay login is XOAUTH2 (asked once per interval, only when needed)."""
+    if "xoauth2" not in cache:
+        res = __salt__["postfix_cmd.run"](["postconf", "-hx", "smtp_sasl_mechanism_filter"])
+        cache["xoauth2"] = "xoauth2" in res["stdout"].lower()
+    return cache["xoauth2"]
+
+
+def observe(state, lines, now):
+    """Apply this interval's log lines, in order, to the log conditions
+    (``state["active"]``): a failure sets its condition, a delivery through
+    the same relay clears it. Returns the conditions seen failing now."""
+    active, seen, cache = state.setdefault("active", {}), set(), {}
+    for line in lines:
+        found = classify(line)
+        if not found:
+            continue
+        if "sent" in found:
+            state["last_sent"] = _line_time(line, now)
+            for name in [c for c in LOG_CONDITIONS if c in active and
+                         same_relay(active[c].get("relay"), found["sent"])]:
+                del active[name]
+                seen.discard(name)
+            continue
+        name = found["condition"]
+        if name == "credentials" and "cannot authenticate" in found["reply"] and \
+                _uses_xoauth2(cache):
+            name = "oauth2"
+        cause, fix = cause_fix(name, found["reply"], found["relay"])
+        since = active.get(name, {}).get("since", now)
+        active[name] = {"relay": found["relay"], "reply": found["reply"], "cause": cause,
+                        "fix": fix, "since": since, "fingerprint": _fingerprint(name, cause)}
+        seen.add(name)
+    return seen
+
+
+def _fingerprint(name, cause):
+    """What makes a condition's cause the same one again: its words without
+    the numbers and bracketed details (ids, session tags) that vary."""
+    text = re.sub(r"\[[^\]]*\]|\(\d+\)|\d+", "#", cause)
+    return f"{name}:{text}"
+
+
+def _queue_condition(name, facts, limit, state):
+    """deferred / age: too many or too old deferred messages, and why (the
+    most common deferral reason, in probe's words)."""
+    reason = facts["reason"] or ""
+    why = next((cond for cond, pattern in _PATTERNS if pattern.search(reason)), None)
+    relay = relay_of(reason)
+    if why:
+        cause, fix = cause_fix(why, reason, relay)
+    else:
+        cause, fix = reason or "no reason logged yet", \
+            "run salt-call postfix_relay.status and postfix_relay.probe"
+    if name == "deferred":
+        head = f"{facts['deferred']} messages wait in the deferred queue (more than " \
+               f"beacon:deferred_max {limit})"
+    else:
+        head = f"the oldest deferred message waits for {facts['oldest_age']} s (more " \
+               f"than beacon:age_max {limit} s)"
+    since = state["active"].get(name, {}).get("since", time.time())
+    return {"relay": relay, "reply": reason, "cause": f"{head}: {cause}", "fix": fix,
+            "since": since, "fingerprint": f"{name}:{why or _fingerprint('', reason)}:"
+                                           f"{_key_part(relay)[0]}"}
+
+
+def settle(state, facts, seen, limits):
+    """The queue conditions from ``facts``; log conditions not seen failing
+    now clear once nothing waits in the deferred queue."""
+    active = state["active"]
+    for name in [c for c in LOG_CONDITIONS if c in active and c not in seen]:
+        if facts["ok"] and facts["deferred"] == 0:
+            del active[name]
+    over = {"deferred": facts["deferred"] > limits["deferred_max"],
+            "age": (facts["oldest_age"] or 0) > limits["age_max"]}
+    for name, limit in (("deferred", limits["deferred_max"]), ("age", limits["age_max"])):
+        if facts["ok"] and over[name]:
+            active[name] = _queue_condition(name, facts, limit, state)
+        elif facts["ok"]:
+            active.pop(name, None)
+
+
+# -- one interval -----------------------------------------------------------------
+
+def _log_source(config_dir):
+    """Where Postfix logs, asked again every 5 minutes (an apply may move it)."""
+    cached = __context__.get("postfix_watch.source")
+    if cached and time.monotonic() - cached[0] < 300:
+        return cached[1]
+    where = __salt__["postfix_log.source"](config_dir)
+    __context__["postfix_watch.source"] = (time.monotonic(), where)
+    return where
+
+
+def _oauth2_notes(state, now):
+    """The keep-alive's last refresh per relay (``note_oauth2``): a failure
+    newer than the last one seen raises oauth2, a success clears it."""
+    path = os.path.join(os.path.dirname(state_path()), "oauth2.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            notes = json.load(handle)
+    except (OSError, ValueError):
+        return set()
+    seen, last = set(), state.get("oauth2_note_at") or 0
+    for relay, note in sorted(notes.items(), key=lambda item: item[1].get("at") or 0):
+        if (note.get("at") or 0) <= last:
+            continue
+        state["oauth2_note_at"] = note["at"]
+        if note.get("ok"):
+            state["active"].pop("oauth2", None)
+            continue
+        reply = scrub(note.get("error") or note.get("error_code") or "refresh failed")
+        cause, fix = cause_fix("oauth2", reply, relay)
+        state["active"]["oauth2"] = {"relay": relay, "reply": reply, "cause": cause,
+                                     "fix": fix, "since": now,
+                                     "fingerprint": _fingerprint("oauth2", cause)}
+        seen.add("oauth2")
+    return seen
+
+
+def note_oauth2(relay, ok, error=None, error_code=None):
+    """
+    Record a token refresh's outcome for the beacon (the keep-alive calls
+    this): a failure raises the ``oauth2`` event with the provider's error
+    (scrubbed), a success clears it. ``relay``: ``[host]:port``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_watch.note_oauth2 '[smtp.office365.com]:587' false \
+            error='invalid_grant: AADSTS700082' error_code=invalid_grant
+    """
+    path = os.path.join(os.path.dirname(state_path()), "oauth2.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            notes = json.load(handle)
+    except (OSError, ValueError):
+        notes = {}
+    notes[relay] = {"ok": bool(ok), "error": scrub(error) if error else None,
+                    "error_code": error_code, "at": time.time()}
+    __utils__["postfix_files.private_dir"](os.path.dirname(path))
+    __utils__["postfix_files.write_atomic"](path, json.dumps(notes), mode=0o600,
+                                           backdate_mtime=False)
+    return notes[relay]
+
+
+def _pillar_key(relay):
+    """The pillar key of the relay the log names (relay, fallback_relays:0,
+    sender_relays:...), for the fix; "relay" when none matches."""
+    name, port = _key_part(relay)
+    try:
+        entries = __salt__["postfix_relay.relays"]()["relays"]
+    except Exception:  # pylint: disable=broad-except
+        return "relay"  # the fix still reads right with the primary's key
+    match = _NAMADDR.match(relay or "")
+    addr = match.group("addr").lower() if match else None
+    for entry in entries:
+        if entry["host"].lower() in (name, addr) and (port is None or
+                                                      str(entry["port"]) == port):
+            return entry["key"]
+    return "relay"
+
+
+def _event(name, entry, facts, now):
+    data = {"tag": name, "condition": name, "cause": entry["cause"], "fix": entry["fix"],
+            "relay": entry.get("relay"), "reply": entry.get("reply"),
+            "deferred": facts["deferred"], "oldest_age": facts["oldest_age"],
+            "since": entry.get("since"),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
+    key = _pillar_key(entry.get("relay")) if entry.get("relay") else "relay"
+    if key != "relay":  # name the relay's own pillar key in the fix
+        data["fix"] = re.sub(r"\brelay:", f"{key}:", entry["fix"])
+    data["relay_key"] = key
+    return data
+
+
+def changes(before, after, facts, now):
+    """One event per change: a new condition, a condition whose cause
+    changed, and ``recovered`` (naming the condition) for one that cleared."""
+    events = []
+    for name in CONDITIONS:
+        old, new = before.get(name), after.get(name)
+        if new and (not old or old.get("fingerprint") != new.get("fingerprint")):
+            events.append(_event(name, new, facts, now))
+        elif old and not new:
+            data = _event("recovered", dict(old, cause=f"{name} cleared (was: "
+                                            f"{old['cause']})", fix="nothing to do"),
+                          facts, now)
+            data["recovered"] = name
+            events.append(data)
+    return events
+
+
+def interval(limits, config_dir="/etc/postfix", path=None):
+    """
+    One beacon interval: read the new log lines and the queue, update the
+    conditions, save the state, write the metrics textfile. Returns the
+    events (one per change). ``limits``: deferred_max, age_max,
+    metrics_textfile.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_watch.interval '{"deferred_max": 10, "age_max": 3600}'
+    """
+    now = time.time()
+    state = load_state(path)
+    state.setdefault("active", {})
+    before = {name: dict(entry) for name, entry in state["active"].items()}
+    seen = observe(state, new_lines(state, _log_source(config_dir)), now)
+    seen |= _oauth2_notes(state, now)
+    facts = queue_facts(config_dir)
+    settle(state, facts, seen, limits)
+    events = changes(before, state["active"], facts, now)
+    state["checked"] = now
+    save_state(state, path)
+    if limits.get("metrics_textfile"):
+        write_metrics(limits["metrics_textfile"], facts, state)
+    return events
+
+
+def conditions(deferred_max=10, age_max=3600, config_dir="/etc/postfix"):
+    """
+    The conditions holding now, as the beacon sees them (its saved state
+    and the queue now; nothing is saved, no event is sent): ``{"active":
+    {condition: {cause, fix, relay, reply, since}}, "queue": ...}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_watch.conditions
+        salt-call postfix_watch.conditions deferred_max=0 age_max=600
+    """
+    state = load_state()
+    state.setdefault("active", {})
+    facts = queue_facts(config_dir)
+    settle(state, facts, set(LOG_CONDITIONS) & set(state["active"]),
+           {"deferred_max": int(deferred_max), "age_max": int(age_max)})
+    active = {name: {k: v for k, v in entry.items() if k != "fingerprint"}
+              for name, entry in state["active"].items()}
+    return {"active": active, "queue": facts, "last_sent": state.get("last_sent"),
+            "log_position": state.get("position"), "checked": state.get("checked")}
+
+
+def metrics_text(facts, state):
+    """node_exporter textfile lines: queue sizes, oldest deferred age, last
+    delivery seen, one gauge per condition."""
+    out = ["# HELP postfix_relay_queue_messages Messages in Postfix's queues.",
+           "# TYPE postfix_relay_queue_messages gauge"]
+    out += [f'postfix_relay_queue_messages{{queue="{name}"}} {count}'
+            for name, count in sorted(facts["queues"].items())]
+    out += ["# HELP postfix_relay_oldest_deferred_seconds Age of the oldest deferred message.",
+            "# TYPE postfix_relay_oldest_deferred_seconds gauge",
+            f"postfix_relay_oldest_deferred_seconds {facts['oldest_age'] or 0}",
+            "# HELP postfix_relay_last_sent_timestamp_seconds Last delivery to a relay "
+            "seen in the log (0: none seen yet).",
+            "# TYPE postfix_relay_last_sent_timestamp_seconds gauge",
+            f"postfix_relay_last_sent_timestamp_seconds {int(state.get('last_sent') or 0)}",
+            "# HELP postfix_relay_condition 1 while the condition holds.",
+            "# TYPE postfix_relay_condition gauge"]
+    out += [f'postfix_relay_condition{{condition="{name}"}} '
+            f'{1 if name in state["active"] else 0}' for name in CONDITIONS]
+    out += ["# HELP postfix_relay_beacon_checked_timestamp_seconds Last beacon interval.",
+            "# TYPE postfix_relay_beacon_checked_timestamp_seconds gauge",
+            f"postfix_relay_beacon_checked_timestamp_seconds {int(state.get('checked') or 0)}"]
+    return "\n".join(out) + "\n"
+
+
+def write_metrics(path, facts, state):
+    """The textfile, replaced atomically (temp + rename: node_exporter never
+    reads half a file); a directory that does not exist yet is made."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    __utils__["postfix_files.write_atomic"](path, metrics_text(facts, state), mode=0o644,
+                                           backdate_mtime=False)
