@@ -62,7 +62,8 @@ def entry(name, port, host="127.0.0.1", **over):
 
 
 def postconf(*names):
-    out = subprocess.run(["postconf", "-h", *names], capture_output=True, text=True,
+    """The values of names as Postfix reads them ($parameters expanded)."""
+    out = subprocess.run(["postconf", "-hx", *names], capture_output=True, text=True,
                          check=True).stdout
     return out.splitlines()
 
