@@ -183,7 +183,13 @@ def test_primary_down_cron_mail_reaches_the_fallback_with_its_own_token(host):
     assert gmail.refreshes == 1 and gmail.saw(ACCOUNTS["fallback"]["refresh"])
     assert set(gmail.clients) == {ACCOUNTS["fallback"]["client_id"]}
     assert not m365.saw(ACCOUNTS["fallback"]["refresh"]) and m365.requests == []
-    assert gmail.valid(ACCOUNTS["fallback"]["user"], host.token("fallback")["access_token"])
+    stored = host.token("fallback")
+    assert gmail.valid(ACCOUNTS["fallback"]["user"], stored["access_token"])
+    # the plugin rewrote the file keeping the relay's own client and endpoint
+    # (else its next refresh would go to the primary's endpoint) and 0600
+    assert (stored["client_id"], stored["token_endpoint"]) == \
+        (ACCOUNTS["fallback"]["client_id"], gmail.url)
+    assert host.token_file("fallback").stat().st_mode & 0o777 == 0o600
     assert "access_token" not in host.token("primary")  # never used
     assert f"connect to 127.0.0.1[127.0.0.1]:{host.relays['primary'].port}: " \
         "Connection refused" in host.log()
@@ -226,6 +232,55 @@ def test_probe_reports_each_relay_with_its_own_endpoint(host):
         f"/etc/sasl-xoauth2/127.0.0.1-{host.relays['fallback'].port}.ca.pem"
     shown = json.dumps(result)
     assert [s for s in SECRETS if s in shown] == []
+
+
+def test_fallback_checks_its_endpoint_with_its_own_ca(host):
+    # The fallback's CA bundle replaced by the primary's (trusted by the
+    # primary's endpoint only) and its access token expired: the plugin must
+    # refresh, with this file's ca_bundle_file, and the TLS check fails.
+    m365, gmail = host.endpoints["primary"], host.endpoints["fallback"]
+    ca = host.sid.path(f"{CHROOT_DIR}/127.0.0.1-{host.relays['fallback'].port}.ca.pem")
+    ca.write_bytes(host.sid.path(f"{CHROOT_DIR}/ca.pem").read_bytes())
+    expire_access_token(host, "fallback")
+    refreshes, m365_requests = gmail.refreshes, len(m365.requests)
+    host.relays["primary"].stop()
+    try:
+        token = host.send()
+        assert wait_deferred(host), host.log()
+        assert not host.relays["fallback"].find(token, timeout=0.5)
+        assert (gmail.refreshes, len(m365.requests)) == (refreshes, m365_requests)
+        code, result, res = host.salt_call("postfix_relay.probe")
+        assert result["failing"] == ["relay", "fallback_relays:0"], result.get("diagnosis")
+        causes = [d["cause"] for d in result["diagnosis"] if d.get("relay") == "fallback_relays:0"]
+        assert any(f"not trusted by /etc/sasl-xoauth2/{ca.name}" in c for c in causes), causes
+        host.apply()  # puts the fallback's CA back
+        host.sid.run("postqueue", "-f")
+        record = host.relays["fallback"].find(token, timeout=30)
+    finally:
+        host.relays["primary"].start()
+    assert record and record["auth_user"] == ACCOUNTS["fallback"]["user"], host.log()
+    assert gmail.refreshes == refreshes + 1
+    wait_for_idle_cache(host.relays["fallback"])
+
+
+def expire_access_token(host, name):
+    """As if the stored access token had run out (the plugin refreshes next)."""
+    path = host.token_file(name)
+    data = json.loads(path.read_text())
+    data["expiry"] = "0"
+    path.write_text(json.dumps(data))  # in place: owner and mode kept
+
+
+def wait_deferred(host, timeout=60):
+    """The deferred messages, once there are any."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = host.sid.run("postqueue", "-j").stdout
+        waiting = [m for m in map(json.loads, out.splitlines()) if m["queue_name"] == "deferred"]
+        if waiting:
+            return waiting
+        time.sleep(0.5)
+    return []
 
 
 def test_reapply_keeps_both_refreshed_token_files(host):
