@@ -115,17 +115,6 @@ def _from_main_cf(conf):
             for index, dest in enumerate(dests)]
 
 
-def _from_settings(settings):
-    """The settings' relays; before they list several, the one of today's
-    fields."""
-    if settings.get("relays"):
-        return list(settings["relays"])
-    username = next(iter(settings.get("password_entries") or {}.values()), ":")
-    return [_entry("relay", "primary", settings["relayhost"], tls=settings.get("tls"),
-                   sasl=settings.get("sasl"), username=username.split(":", 1)[0] or None,
-                   token_path=settings.get("oauth2_token_path"))]
-
-
 def relays(config_dir="/etc/postfix"):
     """
     The relays this host sends through, in Postfix's order: the primary
@@ -143,8 +132,11 @@ def relays(config_dir="/etc/postfix"):
     found = {"source": "main.cf"}
     if __pillar__.get(PILLAR_ROOT):
         try:
-            found.update(source="pillar", relays=_from_settings(
-                __salt__["postfix_relay_settings.get"]()))
+            values = __salt__["postfix_relay_settings.lookup"]()  # the formula's os_family map
+            if config_dir != "/etc/postfix":
+                values["config_dir"] = config_dir
+            found.update(source="pillar", relays=__salt__["postfix_relay_settings.get"](
+                lookup=values)["relays"])
         except (SaltInvocationError, CommandExecutionError):
             # a pillar the formula refuses: what main.cf says is what runs
             found["pillar_error"] = "postfix_relay_settings.get refuses the pillar " \
