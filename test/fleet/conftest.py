@@ -156,14 +156,17 @@ def fleet_roots(tmp_path_factory, gpg_keydir, fleet_relay):
     return files, pillar
 
 
-def start_fleet(salt_factories, base, roots, keydir, ids, master_id="fleet-master"):
-    """A master and one minion per id, each minion its own host."""
+def start_fleet(salt_factories, base, roots, keydir, ids, master_id="fleet-master",
+                master_overrides=None):
+    """A master and one minion per id, each minion its own host.
+    master_overrides: more master config (e.g. `reactor:`), added to the fleet's."""
     files, pillar = roots
     master = salt_factories.salt_master_daemon(master_id, overrides={
         "file_roots": {"base": [str(files)]},
         "pillar_roots": {"base": [str(pillar)]},
         "gpg_keydir": str(keydir),
         "worker_threads": 3,
+        **(master_overrides or {}),
     })
     hosts = {host_id: Host(base, host_id) for host_id in ids}
     minions = {}
