@@ -97,18 +97,27 @@ def timed_series(conf, pillar_file, pillar_text, runs):
 
 
 def report(series, runs):
+    """Medians per series beside the floor measured with it, and the median
+    of the paired ratios (each no-op over the floor run just before it: less
+    sensitive to a load that changes during the run)."""
     print(f"{'measure':<52}{'median s':>10}{'target':>14}")
-    floor = statistics.median(series["several"][0] + series["one"][0])
-    print(f"{'salt floor (state.apply of one test.nop)':<52}{floor:>10.3f}")
-    for key, label in (("several", "no-op re-apply, 3 relays + 2 sender relays"),
-                       ("one", "no-op re-apply, one relay (apply_bench pillar)")):
-        own_floor, noop = (statistics.median(x) for x in series[key])
-        target = f"<= {1.15 * own_floor:.3f}" if key == "several" else ""
-        print(f"{label:<52}{noop:>10.3f}{target:>14}")
-        print(f"{'  ratio to the floor measured beside it':<52}{noop / own_floor:>10.3f}"
-              f"{'<= 1.150' if key == 'several' else '':>14}")
-    values = ", ".join(f"{x:.3f}" for x in series["several"][1])
-    print(f"({runs} runs of each, interleaved with the floor; several-relay values: {values})")
+    labels = {"several": "no-op re-apply, 3 relays + 2 sender relays",
+              "one": "no-op re-apply, one relay (apply_bench pillar)"}
+    for key, label in labels.items():
+        floor, noop = series[key]
+        med_floor, med_noop = statistics.median(floor), statistics.median(noop)
+        paired = statistics.median(n / f for f, n in zip(floor, noop))
+        target = key == "several"
+        print(f"{'salt floor (one test.nop), beside the next line':<52}{med_floor:>10.3f}")
+        print(f"{label:<52}{med_noop:>10.3f}"
+              f"{'<= ' + format(1.15 * med_floor, '.3f') if target else '':>14}")
+        print(f"{'  ratio of the medians':<52}{med_noop / med_floor:>10.3f}"
+              f"{'<= 1.150' if target else '':>14}")
+        print(f"{'  median of the paired ratios':<52}{paired:>10.3f}")
+    for key in labels:
+        print(f"({key}: {runs} runs each, interleaved; floor "
+              f"{', '.join(f'{x:.3f}' for x in series[key][0])}; no-op "
+              f"{', '.join(f'{x:.3f}' for x in series[key][1])})")
 
 
 def main():
