@@ -110,7 +110,10 @@ def stale_tokens(path, keep=None):
         names = os.listdir(directory)
     except FileNotFoundError:  # not written yet: nothing left over either
         return []
-    return sorted(n for n in names if n.endswith(".json") and n not in kept)
+    stale = [n for n in names if n.endswith(".json") and n not in kept]
+    # a removed relay's CA bundle beside its token file goes with it
+    cas = [n[:-len(".json")] + ".ca.pem" for n in stale]
+    return sorted(stale + [n for n in cas if n in names])
 
 
 def prune(path, keep=None):

@@ -298,9 +298,11 @@ def test_fallback_removed_prunes_only_its_token_file(host):
     data = host.apply(fallback=False)
     states = token_states(data)
     assert list(states) == [host.token_name("primary")]
+    fallback_ca = host.token_name("fallback")[:-len(".json")] + ".ca.pem"
     assert states[host.token_name("primary")]["changes"] == \
-        {"removed": [host.token_name("fallback")]}
+        {"removed": sorted([host.token_name("fallback"), fallback_ca])}
     assert not host.token_file("fallback").exists()
+    assert not (host.token_file("fallback").parent / fallback_ca).exists()
     assert host.token_file("primary").read_text() == primary_before
     assert relayhost_list(host) == [f"[127.0.0.1]:{host.relays['primary'].port}"]
     token = host.send()
