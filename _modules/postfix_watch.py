@@ -262,14 +262,23 @@ def _read_from(path, offset, limit=MAX_READ):
 
 
 def _rotated_tail(path, inode, offset):
-    """Lines appended to the old file after the last read, when logrotate
-    renamed it (path.1 with the old inode); none when it is gone."""
-    old = path + ".1"
+    """Lines appended to the old file after the last read, when it was
+    renamed (logrotate's path.1, ``postfix logrotate``'s path.<date>): the
+    file beside it with the old inode; none when it is gone or compressed."""
+    directory, base = os.path.split(path)
     try:
-        if os.stat(old).st_ino == inode:
-            return _read_from(old, offset)[0]
+        names = [name for name in os.listdir(directory or ".")
+                 if name.startswith(base + ".") and
+                 not name.endswith((".gz", ".xz", ".bz2", ".zst"))]
     except OSError:
-        pass
+        return []
+    for name in sorted(names):
+        old = os.path.join(directory, name)
+        try:
+            if os.stat(old).st_ino == inode:
+                return _read_from(old, offset)[0]
+        except OSError:
+            continue
     return []
 
 

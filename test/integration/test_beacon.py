@@ -20,9 +20,6 @@ import salt.loader
 from conftest import MAILLOG, PASSWORD, REPO, USER, dump, new_token, send_with_sendmail
 from relay import Relay
 
-# Quick retries: the log keeps growing with the same failure while we watch.
-FAST_RETRY = {"queue_run_delay": "1s", "minimal_backoff_time": "1s",
-              "maximal_backoff_time": "2s"}
 WRONG_PASSWORD = "Wrong-pw-55xQ-never-logged"
 EVENTS = []  # every event of the module, searched for secrets at the end
 
@@ -40,6 +37,15 @@ def synced(applier, file_root, minion):
                                "postfix_relay.py")
     assert synced_file.read_bytes() == (REPO / "_beacons" / "postfix_relay.py").read_bytes()
     return applier
+
+
+@pytest.fixture(autouse=True)
+def empty_queue():
+    """Each test starts and ends with an empty queue (a failed test's
+    deferred mail must not count in the next one)."""
+    subprocess.run(["postsuper", "-d", "ALL"], capture_output=True, check=False)
+    yield
+    subprocess.run(["postsuper", "-d", "ALL"], capture_output=True, check=False)
 
 
 class Watcher:
@@ -108,7 +114,9 @@ def test_dead_relay_one_event_per_change_then_recovered(synced, tmp_path, minion
     relay = start_relay(tmp_path)
     port = relay.port
     relay.stop()  # the relay is down
-    apply_ok(synced, synced.pillar(relay={"port": port}, main_cf=FAST_RETRY))
+    # Postfix's default backoff: a deferred message stays deferred (no retry
+    # of its own during the test), so the counts are exact
+    apply_ok(synced, synced.pillar(relay={"port": port}))
     prom = tmp_path / "metrics" / "postfix_relay.prom"
     watch = Watcher(minion, tmp_path / "cache", deferred_max=0, age_max=3600,
                     metrics_textfile=str(prom))
@@ -131,10 +139,12 @@ def test_dead_relay_one_event_per_change_then_recovered(synced, tmp_path, minion
     assert 'postfix_relay_queue_messages{queue="deferred"} 3' in text, text
     assert 'postfix_relay_condition{condition="unreachable"} 1' in text, text
 
-    # Postfix keeps retrying (new failure lines): nothing changed, no event,
-    # neither now nor from a restarted minion (state in the cachedir).
-    grown = log_size()
-    wait_until(lambda: log_size() > grown + 200, timeout=20, what="new retries logged")
+    # Postfix retries (new failure lines): nothing changed, no event, neither
+    # now nor from a restarted minion (state in the cachedir).
+    refused = MAILLOG.read_text().count("Connection refused")
+    subprocess.run(["postqueue", "-f"], check=True)
+    wait_until(lambda: MAILLOG.read_text().count("Connection refused") >= refused + 3
+               and deferred(3)(), timeout=30, what="3 retries logged, 3 deferred")
     assert watch.run() == []
     assert Watcher(minion, tmp_path / "cache", deferred_max=0, age_max=3600).run() == []
 
@@ -157,8 +167,7 @@ def test_dead_relay_one_event_per_change_then_recovered(synced, tmp_path, minion
 def test_wrong_password_is_a_credentials_event_with_the_relays_reply(synced, tmp_path, minion):
     relay = start_relay(tmp_path)
     try:
-        apply_ok(synced, synced.pillar(relay={"port": relay.port, "password": WRONG_PASSWORD},
-                                       main_cf=FAST_RETRY))
+        apply_ok(synced, synced.pillar(relay={"port": relay.port, "password": WRONG_PASSWORD}))
         watch = Watcher(minion, tmp_path / "cache", deferred_max=10, age_max=3600)
         assert watch.run() == []
         token = new_token()
@@ -174,7 +183,7 @@ def test_wrong_password_is_a_credentials_event_with_the_relays_reply(synced, tmp
         assert creds["fix"] == "fix relay:username / password in the pillar and re-apply"
         assert creds["relay_key"] == "relay"
         # the fix: the right password; the formula retries the queue at once
-        apply_ok(synced, synced.pillar(relay={"port": relay.port}, main_cf=FAST_RETRY))
+        apply_ok(synced, synced.pillar(relay={"port": relay.port}))
         assert relay.find(token, 30)
         wait_until(lambda: not queue(), what="queue drained")
         events = watch.run()
@@ -182,3 +191,111 @@ def test_wrong_password_is_a_credentials_event_with_the_relays_reply(synced, tmp
             [("recovered", "credentials")], events
     finally:
         relay.stop()
+
+
+def client_line(qid, reply, relay="127.0.0.1[127.0.0.1]:1", status="deferred"):
+    """A delivery line as Postfix's smtp client writes it to maillog_file."""
+    stamp = time.strftime("%b %d %H:%M:%S")
+    return (f"{stamp} pi postfix/smtp[4242]: {qid}: to=<me@example.org>, relay={relay}, "
+            f"delay=1.2, delays=0.01/0/1.1/0, dsn=4.7.8, status={status} ({reply})\n")
+
+
+def append_log(text):
+    with open(MAILLOG, "a", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def test_old_log_lines_are_not_read_only_new_ones(synced, tmp_path, minion, relay):
+    apply_ok(synced, synced.pillar(relay={"port": relay.port}))
+    refused = "SASL authentication failed; server 127.0.0.1[127.0.0.1] said: 535 5.7.8 {}"
+    filler = "".join(f"Nov 28 01:{i // 6000 % 60:02d}:00 pi postfix/qmgr[77]: Q{i:07X}: "
+                     "removed\n" for i in range(100_000))
+    append_log(filler + client_line("OLDMARK", refused.format("MARKER-OLD")))
+    watch = Watcher(minion, tmp_path / "cache", deferred_max=10, age_max=3600)
+    started = time.monotonic()
+    assert watch.run() == []  # 100k lines and the marker are history: not read
+    first = time.monotonic() - started
+    state = json.loads((tmp_path / "cache" / "postfix_relay" / "beacon.json").read_text())
+    assert state["position"]["offset"] == log_size(), state  # it starts at the end
+    append_log(client_line("NEWMARK", refused.format("MARKER-NEW")))
+    events = by_condition(watch.run())
+    assert set(events) == {"credentials"}, events
+    assert "MARKER-NEW" in events["credentials"]["reply"], events
+    assert "MARKER-OLD" not in json.dumps(events)
+    # nothing waits and no new failure: the condition has cleared
+    assert [d["recovered"] for _, d in watch.run()] == ["credentials"]
+    print(f"first interval over a {log_size() // 1024} KiB log: {first:.3f} s")
+
+
+def test_rotated_and_truncated_log_is_followed(synced, tmp_path, minion):
+    relay = start_relay(tmp_path)
+    port = relay.port
+    relay.stop()
+    # Postfix's default backoff: no retry of its own during the test, so each
+    # failure is logged once, in the file the test expects it in
+    apply_ok(synced, synced.pillar(relay={"port": port}))
+    watch = Watcher(minion, tmp_path / "cache", deferred_max=10, age_max=3600)
+    assert watch.run() == []
+    send_with_sendmail("root", new_token())
+    wait_until(deferred(1), what="1 deferred")
+    # rotated as logrotate does with maillog_file: renamed, then Postfix
+    # reloaded so postlogd opens a new file; the failure is in the old one
+    rotated = pathlib.Path(f"{MAILLOG}.1")
+    MAILLOG.rename(rotated)
+    subprocess.run(["postfix", "reload"], check=True, capture_output=True)
+
+    def reopened():  # postlogd opens the new file on the first line after the reload
+        subprocess.run(["postlog", "-t", "postfix/test", "after rotation"], check=False)
+        return MAILLOG.exists()
+    wait_until(reopened, timeout=10, what="a new log file")
+    assert "Connection refused" in rotated.read_text()
+    assert by_condition(watch.run()).keys() == {"unreachable"}
+    # copytruncate style: the same file emptied; the next failure (the relay
+    # back, refusing our login) is at its top
+    MAILLOG.write_text("")
+    relay = start_relay(tmp_path, port=port, users={"someone-else": "x"})
+    try:
+        subprocess.run(["postqueue", "-f"], check=True)
+        wait_until(lambda: "SASL authentication failed" in MAILLOG.read_text(),
+                   timeout=30, what="the refused login logged")
+        events = by_condition(watch.run())
+    finally:
+        relay.stop()
+        subprocess.run(["postsuper", "-d", "ALL"], capture_output=True, check=False)
+    assert events.keys() == {"credentials"}, events
+    assert events["credentials"]["relay"] == f"127.0.0.1[127.0.0.1]:{port}", events
+
+
+def test_beacon_sls_under_salt_call_local_says_a_minion_is_needed(synced, relay):
+    data = synced.pillar(relay={"port": relay.port}, beacon={"interval": 30})
+    res = synced.apply(data)
+    assert res.returncode == 0, dump(res)
+    note = next(v for v in res.data.values()
+                if v["__id__"] == "postfix-relay-beacon-needs-minion")
+    assert "beacons run in a running salt-minion" in note["comment"], note
+    res = synced.apply(synced.pillar(relay={"port": relay.port}, beacon={"interval": 5}))
+    assert res.returncode != 0
+    assert "postfix_relay:beacon:interval" in res.stdout, res.stdout
+
+
+def test_no_secret_in_any_event(synced, tmp_path, minion, relay):
+    apply_ok(synced, synced.pillar(relay={"port": relay.port}))
+    access = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJzbXRwIn0.c2lnbmF0dXJlMTIz"
+    refresh = "1//0gAbCdEf-GhIjKl_MnOpQrStUv0123456789zz"
+    watch = Watcher(minion, tmp_path / "cache", deferred_max=10, age_max=3600)
+    assert watch.run() == []
+    # the plugin's failure line, when its syslog is on: the endpoint's answer
+    stamp = time.strftime("%b %d %H:%M:%S")
+    append_log(f"{stamp} pi postfix/smtp[4243]: TokenStore::Refresh: http error: "
+               f'{{"access_token":"{access}","refresh_token":"{refresh}","error":'
+               '"invalid_grant","error_description":"AADSTS700082: The refresh token has '
+               f'expired due to inactivity."}} Authorization: Bearer {access}\n')
+    events = by_condition(watch.run())
+    assert events.keys() == {"oauth2"}, events
+    assert "invalid_grant" in events["oauth2"]["cause"], events
+    assert "AADSTS700082" in events["oauth2"]["cause"], events
+    assert "refresh_token" in events["oauth2"]["fix"], events
+    everything = json.dumps(EVENTS)
+    assert EVENTS  # the events of every test of this module run so far
+    for secret in (PASSWORD, WRONG_PASSWORD, access, refresh, access[:20], refresh[:20]):
+        assert secret not in everything, "a secret in a beacon event"
