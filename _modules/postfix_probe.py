@@ -25,11 +25,19 @@ def _diag(result, cause, fix):
     result.setdefault("diagnosis", []).append({"cause": cause, "fix": fix})
 
 
-def tls_policy(nexthop, conf=None, config_dir="/etc/postfix"):
+def _policy_maps(config_dir):
+    res = __salt__["postfix_cmd.run"](["postconf", "-c", config_dir, "-hx",
+                                       "smtp_tls_policy_maps"])
+    return res["stdout"].strip() if not res["retcode"] else ""
+
+
+def tls_policy(nexthop, mx=False, policy_maps=None, config_dir="/etc/postfix"):
     """
-    The entry smtp_tls_policy_maps holds for ``nexthop`` (the destination as
-    relayhost writes it), as ``{"level", "match"}``; None when there is none
-    (the global smtp_tls_security_level applies).
+    The entry smtp_tls_policy_maps (``policy_maps``, default: main.cf's) holds
+    for ``nexthop`` (the destination as relayhost writes it; with ``mx``, a
+    destination looked up by MX, its domain's entry too), as ``{"level",
+    "match", "key"}``; None when there is none (the global
+    smtp_tls_security_level applies).
 
     CLI Example:
 
@@ -37,12 +45,12 @@ def tls_policy(nexthop, conf=None, config_dir="/etc/postfix"):
 
         salt-call postfix_probe.tls_policy '[smtp.example.net]:587'
     """
-    conf = conf or __salt__["postfix_relay.config"](config_dir)
+    if policy_maps is None:
+        policy_maps = _policy_maps(config_dir)
     keys = [nexthop.lower()]
-    parsed = __salt__["postfix_relay.parse_relayhost"](nexthop)
-    if parsed and parsed["mx"]:
-        keys.append(parsed["host"].lower())  # a domain's policy covers its MX hosts
-    for spec in re.split(r"[\s,]+", (conf.get("smtp_tls_policy_maps") or "").strip()):
+    if mx:
+        keys.append(nexthop.lower().rsplit(":", 1)[0])  # a domain's policy covers its MX hosts
+    for spec in re.split(r"[\s,]+", policy_maps.strip()):
         map_type, _, path = spec.partition(":")
         for key in keys if path else []:
             value = __salt__["postmap.query"](path, key, map_type, config_dir)
@@ -56,7 +64,8 @@ def tls_policy(nexthop, conf=None, config_dir="/etc/postfix"):
 def relay_conf(relay, conf, config_dir="/etc/postfix"):
     """conf as Postfix applies it to this relay: its TLS policy entry, if
     any, replaces the global level (and, for fingerprint, the digests)."""
-    policy = tls_policy(relay["nexthop"], conf, config_dir)
+    policy = tls_policy(relay["nexthop"], relay.get("mx", False),
+                        conf.get("smtp_tls_policy_maps") or "", config_dir)
     mine = dict(conf, tls_match=None)
     if policy:
         mine["smtp_tls_security_level"] = policy["level"]
@@ -68,12 +77,11 @@ def relay_conf(relay, conf, config_dir="/etc/postfix"):
 
 def _first_fields(relay, conf):
     """The relay's entry before the session: who it is and how it is reached."""
-    parsed = __salt__["postfix_relay.parse_relayhost"](relay["nexthop"])
     result = {"key": relay["key"], "role": relay["role"], "sender": relay.get("sender"),
-              "relayhost": relay["nexthop"], "ok": False, "host": parsed["host"],
-              "port": parsed["port"], "tls_level": conf["smtp_tls_security_level"] or "none",
+              "relayhost": relay["nexthop"], "ok": False, "host": relay["host"],
+              "port": relay["port"], "tls_level": conf["smtp_tls_security_level"] or "none",
               "wrappermode": conf["smtp_tls_wrappermode"] == "yes"}
-    if parsed["mx"]:
+    if relay.get("mx"):
         result["note"] = "relayhost without brackets: Postfix looks up MX records first; " \
                          "this probe connects to the name itself"
     return result
@@ -93,6 +101,9 @@ def relay(entry, conf, timeout=10, config_dir="/etc/postfix"):
         salt-call postfix_probe.relay '{"key": "relay", "role": "primary", \
             "host": "smtp.example.net", "nexthop": "[smtp.example.net]:587"}' \
             "$(salt-call --out=json postfix_relay.config | jq .local)"
+
+    ``entry`` needs key, role, host, port, mx and nexthop (sender for a
+    sender relay); ``conf`` the parameters ``postfix_relay.config`` reads.
     """
     conf = relay_conf(entry, conf, config_dir)
     result = _first_fields(entry, conf)

@@ -208,8 +208,9 @@ def check(result, relay, conf, smtp, trusted, config_dir="/etc/postfix"):  # noq
     if creds["key"] is None:
         return
     if nego["chosen"] == "XOAUTH2":  # the table's "password" is the token file's path
-        __salt__["postfix_probe_oauth2.check"](result, conf, smtp, creds["username"], secret,
-                                               trusted, config_dir)
+        if __salt__["postfix_probe_oauth2.check"](result, conf, smtp, creds["username"],
+                                                  secret, trusted, config_dir) is False:
+            not_sent(result)
         return
     if nego["chosen"] not in SMTPLIB_MECHANISMS:
         result["credentials"]["checked"] = False

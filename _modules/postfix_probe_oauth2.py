@@ -48,7 +48,8 @@ def check(result, conf, smtp, username, token_path, trusted,  # noqa: PLR0913
           config_dir="/etc/postfix"):
     """XOAUTH2: the table's "password" is the token file's path as smtp sees
     it. Check the file, refresh as the plugin would, then AUTH (only where
-    Postfix would send it: ``trusted``). Fills ``result``."""
+    Postfix would send it: ``trusted``). Fills ``result``; False when the
+    token was not sent because the session is not ``trusted``."""
     chroot = __salt__["postfix_master.smtp_chroot_dir"](config_dir)
     owner = conf.get("mail_owner") or "postfix"
     oauth = {"token_file": token_path, "chroot": chroot or None}
@@ -69,12 +70,12 @@ def check(result, conf, smtp, username, token_path, trusted,  # noqa: PLR0913
         _diag(result, *_refresh_failure(info))
         return
     if not trusted:
-        __salt__["postfix_probe_auth.not_sent"](result)
-        return
+        return False
     checked = _try_xoauth2(smtp, username, access)
     result["credentials"].update(checked=True, **checked)
     if not checked["accepted"]:
         _diag(result, *_rejected(checked, username))
+    return True
 
 
 def _refresh_failure(info):
