@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from helpers import load_module
 
-relay_mod = load_module("_modules/postfix_relay.py")
+relay_mod = load_module("_utils/postfix_tls.py")
 
 
 def make_cert():

@@ -7,6 +7,8 @@ from salt.exceptions import SaltInvocationError
 from helpers import load_module
 
 relay_mod = load_module("_modules/postfix_relay.py")
+log_mod = load_module("_modules/postfix_log.py")
+tls_mod = load_module("_utils/postfix_tls.py")
 postmap = load_module("_modules/postmap.py")
 sasl = load_module("_modules/postfix_sasl.py")
 
@@ -35,19 +37,19 @@ status=sent (250 2.0.0 OK: queued)
 
 
 def test_log_is_followed_by_message_id():
-    found = relay_mod.parse_log(LOG.splitlines(), "<postfix-relay-verify.t1@pi>")
+    found = log_mod.parse(LOG.splitlines(), "<postfix-relay-verify.t1@pi>")
     assert found == {"queue_id": "4AB12C", "sender": "pi@example.org",
                      "recipient": "me@example.org", "orig_recipient": "root",
                      "relay": "127.0.0.1[127.0.0.1]:2525", "delay": 0.15,
                      "delays": "0.01/0.01/0.1/0.03", "dsn": "2.0.0", "status": "sent",
                      "reply": "250 2.0.0 OK: queued"}
-    assert relay_mod.parse_log(LOG.splitlines(), "<other@pi>") == {}
+    assert log_mod.parse(LOG.splitlines(), "<other@pi>") == {}
 
 
 def test_log_of_postfix_3_11_with_tls_field_is_followed():
     # Postfix 3.11 (Debian unstable) logs tls=... between delays= and dsn=
     line = LOG.splitlines()[3].replace(", dsn=", ", tls=encrypt, dsn=")
-    found = relay_mod.parse_log(LOG.splitlines()[:3] + [line], "<postfix-relay-verify.t1@pi>")
+    found = log_mod.parse(LOG.splitlines()[:3] + [line], "<postfix-relay-verify.t1@pi>")
     assert (found["status"], found["dsn"], found["delays"]) == \
         ("sent", "2.0.0", "0.01/0.01/0.1/0.03")
 
@@ -105,7 +107,7 @@ def test_plain_outside_tls_follows_the_non_tls_options():
     ("other.example.net", "smtp.example.net", True, False),
 ])
 def test_certificate_names_match_as_postfix_matches_them(name, host, dot_nexthop, match):
-    assert relay_mod._name_matches(name, host, dot_nexthop) is match
+    assert tls_mod.name_matches(name, host, dot_nexthop) is match
 
 
 def test_main_cf_text_does_not_depend_on_parameter_order():
