@@ -28,7 +28,7 @@ def write_config(pillar_text):
     (WORK / "root").mkdir(parents=True, exist_ok=True)
     file_root = WORK / "file_root"
     file_root.mkdir(exist_ok=True)
-    for name in ("postfix_relay", "_modules", "_states", "_utils"):
+    for name in ("postfix_relay", "_modules", "_states", "_utils", "_beacons"):
         link = file_root / name
         if not link.is_symlink():
             link.symlink_to(REPO / name)

@@ -87,7 +87,7 @@ def relay(tmp_path_factory):
 def file_root(tmp_path_factory):
     """A file root holding only the formula (symlinks), as /srv/salt would."""
     root = tmp_path_factory.mktemp("file_root")
-    for name in ("postfix_relay", "_modules", "_states", "_utils"):
+    for name in ("postfix_relay", "_modules", "_states", "_utils", "_beacons"):
         (root / name).symlink_to(REPO / name)
     return root
 
