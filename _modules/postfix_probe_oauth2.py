@@ -81,6 +81,15 @@ def check(result, conf, smtp, username, token_path, trusted,  # noqa: PLR0913
 def _refresh_failure(info):
     """(cause, fix) for a refresh that failed."""
     error, code, endpoint = info["error"], info["error_code"], info["token_endpoint"]
+    if code == "invalid_grant" and _died_of_silence(error):
+        return (f"the token endpoint rejects the refresh token ({error}): the provider "
+                "revoked it because it was not used for too long (Microsoft: 90 days, "
+                "AADSTS700082; Google: 7 days for an app in \"Testing\"); Postfix keeps "
+                "the mail queued",
+                "get a new refresh token for relay:username (e.g. sasl-xoauth2-tool "
+                "get-token), set relay:oauth2:refresh_token and re-apply; keep "
+                "relay:oauth2:keepalive_days on (default 14, below the provider's limit) "
+                "so the daily keep-alive refreshes it before it dies")
     if code == "invalid_grant":
         return (f"the token endpoint rejects the refresh token ({error}): revoked, expired "
                 "or issued to another client; Postfix keeps the mail queued",
@@ -100,6 +109,14 @@ def _refresh_failure(info):
                 "certificate and re-apply")
     return (f"{error}: {endpoint}", "check relay:oauth2:token_endpoint and that this host "
             "reaches it over HTTPS (DNS, proxy, firewall)")
+
+
+def _died_of_silence(error):
+    """The provider's words for a refresh token revoked after inactivity:
+    Microsoft's AADSTS700082, Google's "Token has been expired or revoked"
+    (Google says the same for a revoked consent: the fix is the same)."""
+    text = (error or "").lower()
+    return "aadsts700082" in text or "token has been expired or revoked" in text
 
 
 def _try_xoauth2(smtp, username, access):

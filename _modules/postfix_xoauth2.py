@@ -18,7 +18,9 @@ import hashlib
 import json
 import os
 import pwd
+import shutil
 import ssl
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -330,3 +332,231 @@ def _write_json(path, data, mode, owner):
     beside it, renamed over it)."""
     __utils__["postfix_files.write_atomic"](path, json.dumps(data, indent=1), mode=mode,
                                            backdate_mtime=False, owner=owner)
+
+
+# -- keep-alive: refresh tokens that would otherwise die of silence --------------
+# Microsoft revokes a refresh token unused for 90 days (AADSTS700082), Google
+# after 7 days for apps in "Testing": a host that mails once a quarter loses
+# its token. A daily job (postfix_relay.oauth2_keepalive SLS) runs keepalive.
+
+DAY = 86400
+
+
+def keepalive_paths():
+    """
+    The keep-alive's files in the minion's cachedir (root-only): ``plan``,
+    the relays to keep alive as the last apply saw them (no secrets; read
+    when the pillar is not there, as under ``salt-call --local`` on a
+    minion of a master), and ``status``, each token file's last outcome
+    (read by the beacon).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_xoauth2.keepalive_paths
+    """
+    base = os.path.join(__opts__.get("cachedir", "/var/cache/salt"), "postfix_relay")
+    return {"plan": os.path.join(base, "oauth2_keepalive_relays.json"),
+            "status": os.path.join(base, "oauth2_keepalive.json")}
+
+
+def keepalive_plan(settings=None):
+    """
+    The oauth2 relays whose tokens the keep-alive refreshes, from the
+    pillar's settings: ``[{key, relay, name, token (as smtp sees it),
+    chroot, keepalive_days}]``, relays with keepalive_days 0 (off) left out.
+    No secrets.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_xoauth2.keepalive_plan
+    """
+    if settings is None:
+        settings = __salt__["postfix_relay_settings.get"](
+            lookup=__salt__["postfix_relay_settings.lookup"]())
+    host_paths = {r["key"]: r["token"] for r in settings.get("oauth2_relays") or []}
+    plan = []
+    for relay in settings.get("relays") or []:
+        days = (relay.get("oauth2") or {}).get("keepalive_days") or 0
+        if relay["key"] not in host_paths or days <= 0:
+            continue
+        seen = relay["token_path"]
+        plan.append({"key": relay["key"], "relay": relay["nexthop"],
+                     "name": os.path.basename(seen), "token": seen,
+                     "chroot": host_paths[relay["key"]][:-len(seen)],
+                     "keepalive_days": days})
+    return plan
+
+
+def _current_plan():
+    """The pillar's relays when this run has the formula's pillar (a
+    standalone host, a minion's own run), else the plan the last apply saved
+    (``salt-call --local`` on a minion whose pillar lives on the master)."""
+    if (__pillar__ or {}).get("postfix_relay"):
+        return keepalive_plan()
+    try:
+        with open(keepalive_paths()["plan"], encoding="utf-8") as handle:
+            plan = json.load(handle)
+        return plan if isinstance(plan, list) else []
+    except (OSError, ValueError):
+        return []
+
+
+def _last_refresh(real):
+    """When the token file was last refreshed. The plugin rewrites the whole
+    file (a new file renamed over it) exactly when it refreshes, and so do
+    this keep-alive and an apply that writes a new refresh token: the mtime
+    is the last time the refresh token was used or replaced. Its ``expiry``
+    field only says when the access token ends (the lifetime differs by
+    provider, and a file the formula wrote has none)."""
+    return os.stat(real).st_mtime
+
+
+def _keep_one(entry, limit, conf_file, timeout, user):
+    """Refresh one relay's token file when it is older than limit seconds:
+    ``{outcome: refreshed|fresh|failed, error, error_code, rotated}``."""
+    real = _host_path(entry["chroot"], entry["token"])
+    try:
+        age = time.time() - _last_refresh(real)
+    except OSError:
+        return {"outcome": "failed", "error_code": "missing",
+                "error": f"the token file {real} does not exist: re-apply postfix_relay"}
+    if age < limit:
+        return {"outcome": "fresh", "error": None, "error_code": None,
+                "age_days": round(age / DAY, 2)}
+    try:
+        before = _refresh_token_digest(real)
+        info, _access = refresh(entry["token"], entry["chroot"], conf_file, timeout)
+    except (OSError, ValueError) as exc:  # unreadable or not JSON: the plugin fails too
+        return {"outcome": "failed", "error_code": "unreadable",
+                "error": f"the token file {real} cannot be read ({type(exc).__name__}): "
+                         "re-apply postfix_relay"}
+    if not info["refresh_token_accepted"]:
+        # refresh() wrote nothing: the old refresh token stays in the file
+        return {"outcome": "failed", "error": info["error"], "error_code": info["error_code"]}
+    ensure_private(real, user)
+    return {"outcome": "refreshed", "error": None, "error_code": None,
+            "rotated": _refresh_token_digest(real) != before}
+
+
+def _refresh_token_digest(real):
+    with open(real, encoding="utf-8") as handle:
+        return digest(json.load(handle).get("refresh_token"))
+
+
+def keepalive(max_age=None, conf_file="/etc/sasl-xoauth2.conf", timeout=20, user="postfix"):
+    """
+    Refresh, as the plugin would, every oauth2 relay's token whose file was
+    last refreshed longer ago than the relay's ``oauth2:keepalive_days``
+    (``max_age``: seconds instead, for every relay with the keep-alive on),
+    so the provider never sees the refresh token unused for long. The result
+    goes in the token file as the plugin stores it (a rotated refresh token
+    kept; on failure the file is left as it was). Returns, per token file,
+    ``{outcome: refreshed|fresh|failed, relay, key, error}`` (error: the
+    provider's answer, never a token); records it in the status file
+    (``keepalive_paths``) for the beacon; the exit code is 1 when one failed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call --local postfix_xoauth2.keepalive
+        salt-call --local postfix_xoauth2.keepalive max_age=0
+    """
+    results = {}
+    for entry in _current_plan():
+        limit = float(max_age) if max_age is not None else entry["keepalive_days"] * DAY
+        outcome = _keep_one(entry, limit, conf_file, int(timeout), user)
+        results[entry["name"]] = {"relay": entry["relay"], "key": entry["key"], **outcome}
+    _record(results)
+    if any(r["outcome"] == "failed" for r in results.values()):
+        __context__["retcode"] = 1
+    return results
+
+
+def keepalive_status():
+    """
+    The keep-alive's last outcome per token file: ``{name: {ok, error,
+    error_code, outcome, relay, key, time}}`` ({} before its first run).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_xoauth2.keepalive_status
+    """
+    try:
+        with open(keepalive_paths()["status"], encoding="utf-8") as handle:
+            status = json.load(handle)
+        return status if isinstance(status, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _record(results):
+    """Save this run's outcomes (relays no longer configured drop out) and
+    tell the beacon's hook about refreshes that reached the endpoint, and
+    about a failure that has cleared (a new refresh token applied since)."""
+    before, now = keepalive_status(), time.time()
+    status = {name: {"ok": r["outcome"] != "failed", "error": r["error"],
+                     "error_code": r["error_code"], "outcome": r["outcome"],
+                     "relay": r["relay"], "key": r["key"], "time": now}
+              for name, r in results.items()}
+    path = keepalive_paths()["status"]
+    __utils__["postfix_files.private_dir"](os.path.dirname(path))
+    __utils__["postfix_files.write_atomic"](path, json.dumps(status, indent=1), mode=0o600,
+                                           backdate_mtime=False)
+    note = __salt__.get("postfix_watch.note_oauth2")
+    for name, entry in status.items():
+        was_failing = not (before.get(name) or {}).get("ok", True)
+        if note and (entry["outcome"] != "fresh" or was_failing):
+            note(entry["relay"], entry["ok"], entry["error"], entry["error_code"])
+
+
+CRON_FILE = "/etc/cron.d/postfix_relay_oauth2_keepalive"
+CRON_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _salt_call():
+    """The salt-call of the Salt that runs this (beside the running program:
+    /usr/bin for packages, /opt/saltstack/salt for onedir, a venv's bin), as
+    an absolute path: cron's PATH may not have it."""
+    for candidate in (os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "salt-call"),
+                      shutil.which("salt-call"),
+                      os.path.join(os.path.dirname(sys.executable), "salt-call")):
+        if candidate and os.access(candidate, os.X_OK):
+            return os.path.abspath(candidate)
+    return "salt-call"
+
+
+def keepalive_job():
+    """
+    The daily job that runs the keep-alive: ``{path, contents, command,
+    cron_daemon}``. A cron.d entry, because it works wherever a cron daemon
+    runs, with systemd or without (containers, OpenRC), needs no running
+    salt-minion (a Salt schedule would never run on a host driven by
+    ``salt-call --local``), and is what Debian, Raspberry Pi OS, RHEL and
+    SUSE read. The minute and hour come from the minion id, so a fleet does
+    not call the token endpoint at once. Output only on failure: cron mails
+    it (through a fallback relay, or queued until the token is fixed).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_xoauth2.keepalive_job
+    """
+    slot = int(hashlib.sha256(str(__opts__.get("id")).encode()).hexdigest(), 16) % 1440
+    command = (f"{_salt_call()} --local --config-dir={__opts__.get('conf_dir', '/etc/salt')} "
+               "--out=txt --log-level=quiet postfix_xoauth2.keepalive")
+    contents = (
+        "# postfix_relay (Salt): keeps XOAUTH2 refresh tokens alive; a provider revokes\n"
+        "# one left unused (Microsoft: 90 days, AADSTS700082). Outcome: salt-call\n"
+        "# postfix_xoauth2.keepalive_status. Managed by Salt: edits are overwritten.\n"
+        f"SHELL=/bin/sh\nPATH={CRON_PATH}\n"
+        f'{slot % 60} {slot // 60} * * * root out=$({command} 2>&1) || echo "$out"\n')
+    return {"path": CRON_FILE, "contents": contents, "command": command,
+            "cron_daemon": any(shutil.which(name, path=CRON_PATH) for name in ("cron", "crond"))}
