@@ -250,8 +250,12 @@ def test_rotated_and_truncated_log_is_followed(synced, tmp_path, minion):
     wait_until(reopened, timeout=10, what="a new log file")
     assert "Connection refused" in rotated.read_text()
     assert by_condition(watch.run()).keys() == {"unreachable"}
+    # the beacon's offset well past what the next failure will write
+    append_log("".join(f"Nov 28 01:00:00 pi postfix/qmgr[77]: Q{i:07X}: removed\n"
+                       for i in range(5000)))
+    assert watch.run() == []
     # copytruncate style: the same file emptied; the next failure (the relay
-    # back, refusing our login) is at its top
+    # back, refusing our login) is at its top, below the old offset
     MAILLOG.write_text("")
     relay = start_relay(tmp_path, port=port, users={"someone-else": "x"})
     try:
