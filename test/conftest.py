@@ -41,9 +41,9 @@ TREE_SUITES = ("pi", "systemd", "debian13", "xoauth2")
 # own, so that each Salt release's compat run can go to another worker.
 SPLIT_FILES = ("test/compat/test_older_salt.py",)
 # Seconds a test of a suite takes when the last run's durations do not say
-# (first run, new test): enough to put the slow suites first.
-PRIOR_SECONDS = {"compat": 100, "isolation": 60, "pi": 30, "xoauth2": 15, "systemd": 15,
-                 "fleet": 10, "debian13": 10, "integration": 3}
+# (first run, new test), from a warm run: enough to put the slow ones first.
+PRIOR_SECONDS = {"compat": 100, "isolation": 60, "pi": 25, "xoauth2": 8, "fleet": 5,
+                 "debian13": 5, "integration": 2, "systemd": 2}
 DURATIONS_FILE = "durations.json"
 
 
