@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from conftest import flush_queue, new_token, send_with_sendmail
+from test_reliability import wait_queue
 from test_several_relays import (  # noqa: F401 (a module fixture, autouse)
     ACCOUNTS, FAST_RETRY, apply_ok, arrival, entry, header, no_relay_password_leaked,
     postconf, send_as, start_relay,
@@ -107,3 +108,25 @@ def test_an_application_sender_without_a_relay_keeps_its_address_via_the_primary
     assert record["auth_user"] == ACCOUNTS["primary"][0]
     assert record["mail_from"] == "app@example.org"
     assert header(record, "From") == ["app@example.org"]
+
+
+def test_billing_relay_down_its_mail_waits_for_it_and_never_takes_the_primary(
+        relays, tmp_path):
+    """A sender relay down: its mail is deferred, not sent through the primary
+    with the primary's account (which the provider may refuse or not), and it
+    goes out through its own relay once that is back, exactly once."""
+    flush_queue()
+    port = relays["billing"].port
+    relays["billing"].stop()
+    token = new_token()
+    send_as("billing@example.org", "root", token)
+    records = wait_queue(lambda q: len(q) == 1 and q[0]["queue_name"] == "deferred")
+    reason = records[0]["recipients"][0]["delay_reason"]
+    assert f"127.0.0.1[127.0.0.1]:{port}" in reason, reason
+    relays["billing"] = start_relay(tmp_path, "billing", port=port)
+    subprocess.run(["postqueue", "-f"], check=True)
+    name, record = arrival(relays, token)
+    assert name == "billing" and record["auth_user"] == ACCOUNTS["billing"][0]
+    assert record["mail_from"] == "billing@example.org"
+    wait_queue(lambda q: q == [], timeout=10)
+    assert sum(token in r["data"] for relay in relays.values() for r in relay.messages) == 1
