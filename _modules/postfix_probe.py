@@ -2,7 +2,8 @@
 probe's SMTP half for one relay: it resolves and answers as wrappermode
 expects, TLS at the level Postfix uses for it (smtp_tls_security_level, or
 its entry in smtp_tls_policy_maps), the certificate checked as that level
-asks, the AUTH mechanisms offered; then ``postfix_probe_auth`` judges SASL.
+asks, the AUTH mechanisms offered; then ``postfix_probe_auth`` judges SASL
+and ``postfix_probe_envelope`` tests MAIL FROM / RCPT TO (no message).
 
 .. code-block:: bash
 
@@ -128,6 +129,8 @@ def relay(entry, conf, timeout=10, config_dir="/etc/postfix"):
         trusted = _session_tls(result, conf, smtp, tls, timeout, helo)
         if sasl:
             __salt__["postfix_probe_auth.check"](result, entry, conf, smtp, trusted, config_dir)
+        # the sender and recipient Postfix would send, without a message
+        __salt__["postfix_probe_envelope.check"](result, entry, conf, smtp, sasl, config_dir)
     result["ok"] = not result.get("diagnosis")
     return result
 

@@ -173,7 +173,10 @@ def probe(relay=None, timeout=10, config_dir="/etc/postfix"):
     Postfix uses for that relay; the AUTH mechanisms offered; which survive
     the mechanism filter, the security options and the installed SASL
     plugins; the mechanism Postfix will negotiate (decided by libsasl2); and
-    whether the relay accepts the credentials Postfix finds for it.
+    whether the relay accepts the credentials Postfix finds for it; then,
+    without sending a message, whether it accepts the envelope Postfix would
+    send (``envelope``: MAIL FROM the rewritten sender, or a sender relay's
+    address, and RCPT TO the recipient; a send-as refusal named).
 
     ``relays`` holds one entry per relay (``key``, ``role``, ``sender`` and
     the fields above); the top level holds the primary's fields, ``ok``
@@ -238,7 +241,10 @@ def verify(recipient=None, timeout=60, config_dir="/etc/postfix", sender=None):
     follow it through Postfix's log until it is sent, deferred or bounced (or
     ``timeout`` seconds pass), and report queue id, status, relay, DSN, the
     relay's reply, delay, the rewritten envelope sender and recipient, and the
-    SASL mechanism from ``probe``. With ``sender``, the mail goes with that
+    SASL mechanism from ``probe``. A mail not sent says what became of it
+    (``outcome``; deferred: ``still_queued``) and a relay's refusal of the
+    sender (send-as) is named with its provider (``refusal``) and fix.
+    With ``sender``, the mail goes with that
     envelope sender (``sendmail -f``); ``relay_used`` names the relay it went
     through and ``relay_as_configured`` whether that is the relay configured
     for its sender (its ``sender_relays`` entry, else the primary and
@@ -267,6 +273,8 @@ def verify(recipient=None, timeout=60, config_dir="/etc/postfix", sender=None):
         __context__["retcode"] = 1
         return result
     used = _which_relay(result, found, sender, config_dir) if "relay" in found else None
+    if found.get("status") not in (None, "sent"):
+        _refused(result, found, used)
     if conf["smtp_sasl_auth_enable"] == "yes":
         try:
             result["mechanism"] = probe(relay=used and used["nexthop"],
@@ -311,10 +319,40 @@ def _send_and_follow(result, conf, where, addresses, timeout):
               + (f" (queue id {found['queue_id']})" if "queue_id" in found else ""),
               "check `postfix status`, `postqueue -p` and the log: " +
               (where["path"] or "the journal (journalctl SYSLOG_FACILITY=2)"))
-    elif found["status"] != "sent":
-        _diag(result, f"the mail was {found['status']}: {found['reply']}",
-              "run postfix_relay.probe for the cause")
     return found
+
+
+def _still_queued(queue_id):
+    """Whether the queue still holds queue_id (postqueue -j)."""
+    res = __salt__["postfix_cmd.run"](["postqueue", "-j"])
+    if res["retcode"]:
+        return None
+    return any(json.loads(line).get("queue_id") == queue_id
+               for line in res["stdout"].splitlines() if line.strip())
+
+
+def _refused(result, found, used):
+    """A mail not sent: what became of it (deferred stays queued, bounced
+    goes back to its sender) and why, a send-as refusal named."""
+    status, qid = found["status"], found.get("queue_id")
+    if status == "deferred":
+        result["still_queued"] = _still_queued(qid)
+        result["outcome"] = (f"deferred: queue id {qid} is "
+                             f"{'still' if result['still_queued'] else 'no longer'} queued; "
+                             "Postfix retries until maximal_queue_lifetime")
+    elif status == "bounced":
+        result["outcome"] = (f"bounced: the relay refused it for good; Postfix returns it "
+                             f"to <{found.get('sender') or 'its sender'}> with the reply "
+                             "(a non-delivery notice)")
+    named = __utils__["postfix_replies.classify"](
+        found["reply"], sender=found.get("sender"), relay_key=used and used["key"],
+        relay_host=used and used["host"])
+    if named is None:
+        _diag(result, f"the mail was {status}: {found['reply']}",
+              "run postfix_relay.probe for the cause")
+        return
+    result["refusal"] = {k: named[k] for k in ("kind", "provider", "code", "dsn", "stage")}
+    _diag(result, f"the mail was {status}: {named['cause']}", named["fix"])
 
 
 def expected_relays(entries, sender):

@@ -27,7 +27,7 @@ MICROSOFT_CONSUMER = ("outlook.", "hotmail.", "live.", "msn.com")
 # (provider, pattern), first match wins; SendAsDenied is told apart below
 # (Microsoft 365 or outlook.com, by the login the reply names).
 SEND_AS = [
-    ("Microsoft 365", re.compile(r"\b5\.7\.60\b.*permissions to send as", re.I | re.S)),
+    ("Microsoft 365", re.compile(r"\b[45]\.7\.60\b.*permissions to send as", re.I | re.S)),
     ("Microsoft (SendAsDenied)", re.compile(r"SendAsDenied", re.I)),
     ("Microsoft Exchange", re.compile(r"Client does not have permissions to send as", re.I)),
     ("Amazon SES", re.compile(r"Email address is not verified\.\s+The following identities "
