@@ -1,0 +1,148 @@
+"""
+The beacon's judgement of Postfix's own log wording (Postfix 3.7's smtp
+client strings), its secret scrubbing, its config check and its metrics
+textfile, through Salt's loaders (postfix_watch as an execution module, the
+beacon loaded by salt.loader.beacons as a minion loads it).
+"""
+
+import pathlib
+
+import pytest
+import salt.loader
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+HEAD = "Nov 28 02:40:01 pi postfix/smtp[4242]: 3F2A1C: to=<me@example.org>, "
+
+
+def status_line(reply, relay="none", status="deferred"):
+    return (f"{HEAD}relay={relay}, delay=31, delays=0.01/0/30/0, dsn=4.4.1, "
+            f"status={status} ({reply})")
+
+
+@pytest.fixture
+def watch(loaders):
+    return loaders.modules.postfix_watch
+
+
+@pytest.fixture
+def beacons(minion_opts, loaders):
+    opts = dict(minion_opts, beacons_dirs=[str(REPO / "_beacons")])
+    return salt.loader.beacons(opts, loaders.modules)
+
+
+CASES = [
+    ("connect to smtp.example.net[192.0.2.1]:587: Connection timed out",
+     "unreachable", "smtp.example.net[192.0.2.1]:587", "relay smtp.example.net[192.0.2.1]:587 "
+     "is unreachable", "check relay:host and relay:port"),
+    ("connect to 127.0.0.1[127.0.0.1]:2525: Connection refused", "unreachable",
+     "127.0.0.1[127.0.0.1]:2525", "is unreachable", "firewalls allow it"),
+    ("Host or domain name not found. Name service error for name=smtp.example.nett "
+     "type=AAAA: Host not found", "unreachable", "smtp.example.nett",
+     "the relay name smtp.example.nett does not resolve", "this host's DNS"),
+    ("TLS is required, but was not offered by host 127.0.0.1[127.0.0.1]", "tls",
+     "127.0.0.1[127.0.0.1]", "the relay offers no STARTTLS", "submission port with TLS"),
+    ("Server certificate not verified", "tls", None, "the relay's certificate does not "
+     "verify", "relay:ca_file"),
+    ("SASL authentication failed; server smtp.office365.com[52.96.1.1] said: 535 5.7.139 "
+     "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
+     "credentials", "smtp.office365.com[52.96.1.1]", "the relay rejects the credentials",
+     "relay:username / password"),
+]
+
+
+@pytest.mark.parametrize("reply, condition, relay, cause, fix", CASES,
+                         ids=[c[1] + "-" + c[0][:20] for c in CASES])
+def test_postfix_failures_are_named_with_the_relay(watch, reply, condition, relay, cause,
+                                                   fix):
+    found = watch.classify(status_line(reply))
+    assert found["condition"] == condition and found["relay"] == relay, found
+    said, told = watch.cause_fix(condition, found["reply"], found["relay"])
+    assert cause in said and found["reply"] in said, said
+    assert fix in told, told
+
+
+def test_the_relay_field_names_the_relay_when_there_is_one(watch):
+    line = status_line("SASL authentication failed; server 127.0.0.1[127.0.0.1] said: 535 "
+                       "5.7.8 Authentication credentials invalid",
+                       relay="127.0.0.1[127.0.0.1]:2525")
+    assert watch.classify(line)["relay"] == "127.0.0.1[127.0.0.1]:2525"
+
+
+def test_a_client_side_sasl_failure_with_xoauth2_is_the_token(watch):
+    line = status_line("SASL authentication failed; cannot authenticate to server "
+                       "smtp.office365.com[52.96.1.1]: generic failure")
+    assert watch.classify(line)["condition"] == "credentials"
+    assert watch.classify(line, xoauth2=True)["condition"] == "oauth2"
+
+
+def test_deliveries_and_other_daemons_lines(watch):
+    sent = status_line("250 2.0.0 OK: queued as 4F1", relay="relay.test[192.0.2.9]:587",
+                       status="sent")
+    assert watch.classify(sent) == {"sent": "relay.test[192.0.2.9]:587"}
+    # smtpd's failures are clients of ours failing, not our relay refusing us
+    assert watch.classify("Nov 28 02:40:01 pi postfix/smtpd[9]: warning: unknown[192.0.2.7]: "
+                          "SASL LOGIN authentication failed: UGFzc3dvcmQ6") is None
+    assert watch.classify("Nov 28 02:40:01 pi postfix/qmgr[7]: 3F2A1C: removed") is None
+
+
+def test_same_relay_by_name_and_port(watch):
+    assert watch.same_relay("a.example[192.0.2.1]:587", "a.example[192.0.2.2]:587")
+    assert not watch.same_relay("a.example[192.0.2.1]:587", "a.example[192.0.2.1]:465")
+    assert watch.same_relay("a.example", "A.example[192.0.2.1]:587")  # resolver failure
+    assert not watch.same_relay(None, "a.example[192.0.2.1]:587")
+
+
+SECRETS = [
+    ('{"access_token":"eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",'
+     '"error":"invalid_grant"}', "eyJ0eXAi", "invalid_grant"),
+    ("refresh_token=1//0gAbCdEfGhIjKl-MnOp&grant_type=refresh_token", "1//0gAbC",
+     "grant_type"),
+    ("user=alerts@example.org\x01auth=Bearer ya29.a0AfH6SMBxyz\x01\x01", "ya29", "alerts"),
+    ("535 5.7.3 Authentication unsuccessful [ZRAP278CA0011.CHEP278.PROD.OUTLOOK.COM "
+     "2026-11-28T02:40:01.000Z 08DD0F9A1B2C3D4E]", None, "535 5.7.3 Authentication "
+     "unsuccessful"),
+    ("password: Tst-pw-7f3k9Q", "Tst-pw-7f3k9Q", "password"),
+    ("AADSTS700082: The refresh token has expired due to inactivity", None, "AADSTS700082"),
+]
+
+
+@pytest.mark.parametrize("text, secret, kept", SECRETS, ids=[s[2][:12] for s in SECRETS])
+def test_scrub_drops_what_looks_secret_and_keeps_the_words(watch, text, secret, kept):
+    clean = watch.scrub(text)
+    if secret:
+        assert secret not in clean, clean
+    assert kept in clean, clean
+
+
+@pytest.mark.parametrize("config, message", [
+    ([{"interval": 60}, {"deferred_max": 0}, {"age_max": 600}], "Valid"),
+    ([{"metrics_textfile": "/var/lib/node-exporter/postfix_relay.prom"}], "Valid"),
+    ({"deferred_max": 1}, "must be a list"),
+    ([{"deferred_max": -1}], "deferred_max must be a whole number"),
+    ([{"deferred_max": "10"}], "deferred_max must be a whole number"),
+    ([{"age_max": 0}], "age_max must be seconds"),
+    ([{"metrics_textfile": "postfix.prom"}], "metrics_textfile must be an absolute path"),
+    ([{"metrics_textfile": "/tmp/postfix.txt"}], "metrics_textfile must be an absolute path"),
+    ([{"deferred": 1}], "unknown key deferred"),
+])
+def test_validate_as_salt_calls_it(beacons, config, message):
+    ok, said = beacons["postfix_relay.validate"](config)
+    assert ok is (message == "Valid") and message in said, said
+
+
+def test_metrics_textfile_names_every_gauge(watch, tmp_path):
+    facts = {"queues": {"active": 1, "deferred": 3, "hold": 0, "incoming": 0, "maildrop": 0},
+             "deferred": 3, "oldest_age": 125, "ok": True, "reason": None}
+    state = {"active": {"unreachable": {}}, "last_sent": 1795830000.5, "checked": 1795833000}
+    path = tmp_path / "textfiles" / "postfix_relay.prom"
+    watch.write_metrics(str(path), facts, state)
+    text = path.read_text()
+    for line in ('postfix_relay_queue_messages{queue="deferred"} 3',
+                 'postfix_relay_queue_messages{queue="active"} 1',
+                 "postfix_relay_oldest_deferred_seconds 125",
+                 "postfix_relay_last_sent_timestamp_seconds 1795830000",
+                 'postfix_relay_condition{condition="unreachable"} 1',
+                 'postfix_relay_condition{condition="credentials"} 0',
+                 "postfix_relay_beacon_checked_timestamp_seconds 1795833000"):
+        assert line + "\n" in text, text
+    assert [p.name for p in path.parent.iterdir()] == ["postfix_relay.prom"]  # no temp left
