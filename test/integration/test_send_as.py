@@ -190,3 +190,50 @@ def test_probe_names_other_refusals_in_its_own_words(applier, refusing):
     assert f"refuses RCPT TO:<{RECIPIENT}> (Postfix bounces the mail)" in causes, causes
     assert "provider" not in data["envelope"]
     assert refusing.messages == []
+
+
+# Last in the module: it applies a pillar of its own (sender relays).
+def test_sender_relays_are_probed_with_their_sender(applier, refusing, tmp_path):
+    """billing@ (an address) is tested with MAIL FROM:<billing@example.org>
+    through its own relay and its refusal names its account; @shop (a domain)
+    is not tested (any address of the domain goes there: an invented one
+    could be refused while the ones in use are allowed)."""
+    billing = Relay(users={USER: PASSWORD}, cert_dir=str(tmp_path / "billing")).start()
+    shop = Relay(users={USER: PASSWORD}, cert_dir=str(tmp_path / "shop")).start()
+    try:
+        account = {"host": "127.0.0.1", "username": USER, "password": PASSWORD,
+                   "tls": "encrypt"}
+        res = applier.apply(applier.pillar(
+            relay={"port": refusing.port}, sender_mode="local", sender_relays={
+                "billing@example.org": {**account, "port": billing.port},
+                "@shop.example.org": {**account, "port": shop.port}}))
+        assert res.returncode == 0, dump(res)
+        billing.reject = {"MAIL": REFUSALS[4][1].replace(SENDER, "billing@example.org")}
+        _, data = call(applier, "postfix_relay.probe")
+        billing.reject = {"DATA": billing.reject["MAIL"]}
+        _, found = call(applier, "postfix_relay.verify", "sender=billing@example.org",
+                        "timeout=30")
+    finally:
+        billing.stop()
+        shop.stop()
+    by_key = {r["key"]: r for r in data["relays"]}
+    key = "sender_relays:billing@example.org"
+    assert by_key["relay"]["envelope"]["sender"] == SENDER  # root, rewritten (mode local)
+    assert by_key["relay"]["envelope"]["accepted"] is True
+    assert by_key[key]["envelope"]["sender"] == "billing@example.org"
+    assert by_key[key]["envelope"]["provider"] == "Amazon SES"
+    shop_envelope = by_key["sender_relays:@shop.example.org"]["envelope"]
+    assert shop_envelope["tested"] is False and shop_envelope["sender"] is None
+    assert "@shop.example.org stands for every sender" in shop_envelope["note"]
+    assert shop.refusals == [] and shop.messages == []
+    assert data["failing"] == [key]
+    item = named(data, "Amazon SES")[0]
+    assert item["relay"] == key
+    assert f"give {key} the account of <billing@example.org> ({key}:username and " \
+        "password)" in item["fix"]
+    # verify through the sender relay: the refusal names that relay's account
+    assert found["status"] == "bounced" and found["relay_used"]["key"] == key, found
+    assert found["refusal"]["provider"] == "Amazon SES"
+    assert f"give {key} the account of <billing@example.org>" in \
+        named(found, "Amazon SES")[0]["fix"]
+    assert billing.messages == []
