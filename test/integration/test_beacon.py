@@ -59,6 +59,7 @@ class Watcher:
         self.config = {"postfix_relay": [{key: value} for key, value in settings.items()]}
         # as the minion loads them: utils first, handed to the modules
         functions = salt.loader.minion_mods(opts, utils=salt.loader.utils(opts))
+        self.functions = functions
         self.beacon = salt.beacons.Beacon(opts, functions)
         self.prefix = f"salt/beacon/{opts['id']}/postfix_relay/"
 
@@ -135,6 +136,11 @@ def test_dead_relay_one_event_per_change_then_recovered(synced, tmp_path, minion
     assert events["deferred"]["cause"].startswith("3 messages wait in the deferred queue "
                                                   "(more than beacon:deferred_max 0)"), events
     assert "Connection refused" in events["deferred"]["cause"]
+    # the same answer from the command line (salt-call postfix_watch.conditions)
+    now = watch.functions["postfix_watch.conditions"](deferred_max=0)
+    assert sorted(now["active"]) == ["deferred", "unreachable"], now
+    assert now["queue"]["deferred"] == 3 and now["active"]["unreachable"]["relay"] == \
+        down["relay"], now
     text = prom.read_text()
     assert 'postfix_relay_queue_messages{queue="deferred"} 3' in text, text
     assert 'postfix_relay_condition{condition="unreachable"} 1' in text, text
@@ -268,6 +274,27 @@ def test_rotated_and_truncated_log_is_followed(synced, tmp_path, minion):
         subprocess.run(["postsuper", "-d", "ALL"], capture_output=True, check=False)
     assert events.keys() == {"credentials"}, events
     assert events["credentials"]["relay"] == f"127.0.0.1[127.0.0.1]:{port}", events
+
+
+def test_relay_without_starttls_is_tls_and_an_old_message_is_age(synced, tmp_path, minion):
+    relay = Relay(tls="none", auth_require_tls=False, users={USER: PASSWORD},
+                  cert_dir=str(tmp_path / "certs")).start()
+    try:
+        apply_ok(synced, synced.pillar(relay={"port": relay.port}))
+        watch = Watcher(minion, tmp_path / "cache", deferred_max=10, age_max=1)
+        assert watch.run() == []
+        send_with_sendmail("root", new_token())
+        wait_until(deferred(1), what="1 deferred")
+        time.sleep(max(0, queue()[0]["arrival_time"] + 2 - time.time()))  # older than 1 s
+        events = by_condition(watch.run())
+    finally:
+        relay.stop()
+    assert events.keys() == {"tls", "age"}, events
+    assert events["tls"]["cause"].startswith("the relay offers no STARTTLS"), events
+    assert "TLS is required, but was not offered" in events["tls"]["reply"], events
+    assert events["age"]["cause"].startswith("the oldest deferred message waits for "), events
+    assert "(more than beacon:age_max 1 s)" in events["age"]["cause"], events
+    assert events["age"]["oldest_age"] >= 1 and relay.auth_attempts == []
 
 
 def test_beacon_sls_under_salt_call_local_says_a_minion_is_needed(synced, relay):
