@@ -45,6 +45,12 @@ KNOWN_KEYS = {
     "beacon", "metrics_textfile",
 }
 KNOWN_BEACON_KEYS = {"interval", "deferred_max", "age_max"}
+# What several relays are made of in main.cf: a main_cf override would undo
+# them (a replaced TLS policy table sends a fallback's password unchecked).
+RELAY_PARAMS = ("relayhost", "smtp_fallback_relay", "sender_dependent_relayhost_maps",
+                "smtp_sender_dependent_authentication", "smtp_tls_policy_maps",
+                "smtp_sasl_password_maps", "smtp_tls_wrappermode",
+                "smtp_sasl_mechanism_filter")
 KNOWN_RELAY_KEYS = {
     "host", "port", "mx", "username", "password", "tls", "ca_file", "mechanisms", "oauth2",
     "fingerprints",
@@ -630,8 +636,8 @@ def _sender_relays(value, host, extra, sender_mode):
               "@shop.example.org) to relays")
     if sender_mode != "local":
         _fail("sender_relays", "needs sender_mode: local (with sender_mode all every "
-              "sender is rewritten to <sender>@<domain> before Postfix picks the relay, "
-              "so no sender would ever match)")
+              "sender is rewritten to <sender>@<domain> before Postfix picks the relay: "
+              "only that one address could match, and relay: is for it)")
     found, seen = [], {}
     for written, item in value.items():
         key = f"sender_relays:{written}"
@@ -645,7 +651,8 @@ def _sender_relays(value, host, extra, sender_mode):
 
 
 def _no_duplicates(relays):
-    """The primary and the fallbacks are distinct next hops."""
+    """The primary and the fallbacks are distinct next hops; a sender relay
+    without an account is not one Postfix would log in to with another's."""
     seen = {}
     for relay in relays:
         if relay["role"] == "sender":
@@ -654,6 +661,11 @@ def _no_duplicates(relays):
         if other is not relay:
             _fail(f"{relay['key']}:host", f"{relay['nexthop']} is already {other['key']}: "
                   "list each relay once")
+    for relay in relays:
+        other = seen.get(relay["nexthop"])
+        if relay["role"] == "sender" and not relay["sasl"] and other and other["sasl"]:
+            _fail(f"{relay['key']}:username", f"is missing: {relay['nexthop']} is also "
+                  f"{other['key']}, whose account Postfix would use for this sender")
 
 
 def _tls_mode(relay):
@@ -702,13 +714,47 @@ def _one_transport(relays):
                   "every relay with one CA file (smtp_tls_CAfile); give all the same")
 
 
-def relay_list(pillar, host, extra, sender_mode="all"):
+def _relay_overrides(relays, extra):
+    """With several relays, main_cf may not replace what they are made of."""
+    if len(relays) < 2:
+        return
+    for name in RELAY_PARAMS:
+        if name in extra:
+            _fail(f"main_cf:{name}", "is made by the formula for fallback_relays and "
+                  "sender_relays (an override would undo a relay's TLS level, account or "
+                  "route): leave it out")
+
+
+def _sender_relays_reachable(relays, host, ident):
+    """Refuse sender relays that cannot work as the pillar says: on Postfix
+    before 3.5 smtp_fallback_relay would take a sender relay's mail, with its
+    account, to the fallbacks; a pattern matching the rewritten sender would
+    take the host's own mail (root, cron) away from the primary."""
+    senders = [r for r in relays if r["role"] == "sender"]
+    if not senders:
+        return
+    if len(relays) - len(senders) > 1 and not _relayhost_lists(host):
+        _fail("sender_relays", f"cannot be combined with fallback_relays on Postfix "
+              f"{host.get('mail_version')} (before 3.5): smtp_fallback_relay would send a "
+              "sender relay's mail, and its account, to the fallbacks")
+    local, domain = ident["sender"].rsplit("@", 1)
+    for relay in senders:
+        if relay["sender"] in (ident["sender"].lower(), f"@{domain}"):
+            _fail(relay["key"], f"matches {local}@{domain}, the address every host-local "
+                  "sender (root, cron) is rewritten to: that mail would leave through this "
+                  "relay instead of relay:; use the applications' own addresses or "
+                  "domain, or another sender/domain for the host's own mail")
+
+
+def relay_list(pillar, host, extra, ident):
     """Every relay, the primary first, then fallbacks, then sender relays."""
     relays = [relay_value("relay", pillar.get("relay"), host, extra)]
     relays += _fallbacks(pillar.get("fallback_relays"), host, extra)
-    relays += _sender_relays(pillar.get("sender_relays"), host, extra, sender_mode)
+    relays += _sender_relays(pillar.get("sender_relays"), host, extra, ident["sender_mode"])
     _no_duplicates(relays)
     _one_transport(relays)
+    _relay_overrides(relays, extra)
+    _sender_relays_reachable(relays, host, ident)
     return relays
 
 
@@ -726,8 +772,9 @@ def tls_policy_entries(relays):
         policy = _tls_policy(relay)
         if entries.setdefault(relay["nexthop"], (policy, relay))[0] != policy:
             other = entries[relay["nexthop"]][1]
-            _fail(f"{relay['key']}:tls", f"{relay['nexthop']} is also {other['key']} with "
-                  f"TLS {entries[relay['nexthop']][0]!r}: one relay, one TLS policy")
+            field = "fingerprints" if other["tls"] == relay["tls"] else "tls"
+            _fail(f"{relay['key']}:{field}", f"differs from {other['key']}:{field}, the "
+                  f"same relay {relay['nexthop']}: one relay, one TLS policy")
     return {hop: policy for hop, (policy, _) in entries.items()}
 
 
@@ -764,11 +811,15 @@ def _tls_params(relays, extra):
     params = {"smtp_tls_security_level": rel["tls"], "smtp_tls_loglevel": "1"}
     if rel["wrappermode"]:
         params["smtp_tls_wrappermode"] = "yes"
-    ca_file = next((r["ca_file"] for r in relays if r["ca_file"]), None)
+    # the CA the verifying relays are checked with (one for all of them)
+    verifying = [r for r in relays if r["tls"] in VERIFYING_LEVELS] or relays
+    ca_file = next((r["ca_file"] for r in verifying if r["ca_file"]), None)
     if ca_file:
         params["smtp_tls_CAfile"] = ca_file
+    pinned = [r for r in relays if r["fingerprints"]]
+    if pinned:  # the digest they were checked for (Postfix < 3.6 defaults to md5)
+        params["smtp_tls_fingerprint_digest"] = pinned[0]["digest"]
     if rel["fingerprints"]:
-        params["smtp_tls_fingerprint_digest"] = rel["digest"]
         params["smtp_tls_fingerprint_cert_match"] = ", ".join(rel["fingerprints"])
     if any(r["tls"] in DANE_LEVELS for r in relays):
         # without DNSSEC lookups dane-only defers every message, dane is may
@@ -963,7 +1014,7 @@ def normalise(pillar, grains, host):
     _check_keys(pillar)
     ident = _identity(pillar, grains)
     extra = extra_params(pillar.get("main_cf"))
-    relays = relay_list(pillar, host, extra, ident["sender_mode"])
+    relays = relay_list(pillar, host, extra, ident)
     log_file = _log_file(pillar, host)
     # the type first needs main.cf without the tables it types
     params = {**_tls_params(relays, extra), **({"maillog_file": log_file} if log_file
@@ -982,10 +1033,12 @@ def normalise(pillar, grains, host):
 def _oauth2_values(relays, host):
     """The XOAUTH2 plugin's files: one token file per oauth2 relay."""
     oauth = [r for r in relays if r["oauth2"]]
-    if not oauth:
-        return {"oauth2": None, "oauth2_token_path": None, "xoauth2_paths": None,
-                "xoauth2_conf": None, "oauth2_relays": []}
     chroot = host.get("smtp_chroot_dir", "")
+    if not oauth:
+        # the last oauth2 relay gone: its token files (refresh tokens) go too
+        return {"oauth2": None, "oauth2_token_path": None, "xoauth2_paths": None,
+                "xoauth2_conf": None, "oauth2_relays": [],
+                "xoauth2_leftovers": xoauth2_leftovers(chroot)}
     first = oauth[0]["oauth2"]
     return {
         "oauth2": first,
@@ -1003,6 +1056,7 @@ def _oauth2_values(relays, host):
             "token_endpoint": first["token_endpoint"],
             "log_to_syslog_on_failure": "no", "log_full_trace_on_failure": "no",
         }, indent=1) + "\n",
+        "xoauth2_leftovers": [],
         "oauth2_relays": [{"key": r["key"], "token": chroot + r["token_path"],
                            "name": os.path.basename(r["token_path"]),
                            "ca": chroot + token_ca(r),
@@ -1071,6 +1125,21 @@ def table_paths(config_dir="/etc/postfix"):
 STATE_IDS = {"password": "password-table", "sender": "sender", "reply_to": "reply-to",
              "recipients": "recipients", "sender_relays": "sender-relays",
              "tls_policy": "tls-policy"}
+
+
+def clean_tables(config_dir="/etc/postfix"):
+    """
+    Every table the formula may have written, with the state ID clean.sls
+    gives its removal (as config.sls names the table's state).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_relay_settings.clean_tables
+    """
+    return [{"state_id": STATE_IDS[role], "path": path}
+            for role, path in sorted(table_paths(config_dir).items())]
 
 
 def _table(role, path, present, map_type=None, literal=True, **content):

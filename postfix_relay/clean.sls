@@ -4,7 +4,7 @@
 {%- from "postfix_relay/map.jinja" import postfix_relay with context %}
 {%- set conf = postfix_relay.lookup.config_dir %}
 {#- Table paths only: clean works even when the pillar is gone or invalid. #}
-{%- set tables = salt["postfix_relay_settings.table_paths"](conf) %}
+{%- set tables = salt["postfix_relay_settings.clean_tables"](conf) %}
 
 postfix-relay-clean-main-cf:
   postfix_control.main_cf_restored:
@@ -19,11 +19,11 @@ postfix-relay-clean-smtpd-listener:
     - chroot: {{ postfix_relay.lookup.smtpd_chroot | json }}
     - config_dir: {{ conf }}
 
-{%- for role, path in tables | dictsort %}
+{%- for t in tables %}
 
-postfix-relay-clean-{{ role | replace("_", "-") }}:
+postfix-relay-clean-{{ t.state_id }}:
   postmap.absent:
-    - name: {{ path }}
+    - name: {{ t.path }}
     - config_dir: {{ conf }}
     - require:
       - postfix_control: postfix-relay-clean-main-cf

@@ -75,6 +75,16 @@ postfix-relay-config-xoauth2-token{{ sfx }}:
       - file: postfix-relay-config-xoauth2-dir
 {%- endfor %}
 {%- endif %}
+{#- no relay uses oauth2 (any more): the plugin's files and every token file
+    (each holds a refresh token) go, once main.cf no longer names them #}
+{%- for path in s.xoauth2_leftovers %}
+
+postfix-relay-config-xoauth2-absent-{{ loop.index }}:
+  file.absent:
+    - name: {{ path }}
+    - require:
+      - postfix_control: postfix-relay-config-main-cf
+{%- endfor %}
 {#- Every table main.cf may name (settings: tables as data): present ones are
     built before main.cf names them; absent ones go once main.cf stops naming
     them (Postfix would otherwise defer mail looking them up). #}

@@ -222,3 +222,74 @@ def test_oauth2_keepalive_defaults_to_14_days_and_can_be_off():
     assert run(relay=one, fallback_relays=None)["relays"][0]["oauth2"]["keepalive_days"] == 14
     off = {**one, "oauth2": {**OAUTH2, "keepalive_days": False}}
     assert run(relay=off, fallback_relays=None)["relays"][0]["oauth2"]["keepalive_days"] == 0
+
+
+# -- found by the hostile read (each failed before its fix)
+
+def test_main_cf_may_not_undo_what_several_relays_are_made_of():
+    for name in ("smtp_tls_policy_maps", "sender_dependent_relayhost_maps",
+                 "smtp_sasl_password_maps", "relayhost"):
+        message = refused(main_cf={name: "texthash:/etc/postfix/admin_table"})
+        assert message.startswith(f"pillar postfix_relay:main_cf:{name}: "), message
+    # one relay: main_cf overrides as before
+    cf = run(fallback_relays=None, main_cf={"smtp_tls_policy_maps": "texthash:/x"})["main_cf"]
+    assert cf["smtp_tls_policy_maps"] == "texthash:/x"
+
+
+def test_a_pinned_fallback_gets_the_digest_it_was_checked_for():
+    """Postfix before 3.6 (compatibility_level < 3.6) defaults to md5."""
+    pin = "AB" * 32
+    cf = run(fallback_relays=[{**BACKUP, "tls": "fingerprint", "fingerprints": [pin]}])["main_cf"]
+    assert cf["smtp_tls_fingerprint_digest"] == "sha256"
+    assert "smtp_tls_fingerprint_cert_match" not in cf  # the fallback's is in the policy
+
+
+def test_the_ca_file_is_the_verifying_relays():
+    cf = run(relay={**PRIMARY, "ca_file": "/etc/hostname"},
+             fallback_relays=[{**THIRD, "ca_file": "/etc/ssl/certs/ca-certificates.crt"}]
+             )["main_cf"]
+    assert cf["smtp_tls_CAfile"] == "/etc/ssl/certs/ca-certificates.crt"
+
+
+def test_sender_relays_with_fallbacks_refused_before_postfix_3_5():
+    message = refused(host={**HOST, "mail_version": "3.4.14"}, sender_mode="local",
+                      sender_relays={"@shop.example.org": SHOP})
+    assert message.startswith("pillar postfix_relay:sender_relays: "), message
+    assert "smtp_fallback_relay" in message
+    run(host={**HOST, "mail_version": "3.4.14"}, fallback_relays=None, sender_mode="local",
+        sender_relays={"@shop.example.org": SHOP})  # no fallbacks: fine
+
+
+@pytest.mark.parametrize("pattern", ["@example.org", "pi@example.org", "PI@Example.org"])
+def test_a_sender_relay_may_not_catch_the_hosts_own_mail(pattern):
+    message = refused(sender_mode="local", sender_relays={pattern: SHOP})
+    assert message.startswith(f"pillar postfix_relay:sender_relays:{pattern}: matches "), \
+        message
+
+
+def test_a_sender_relay_without_account_on_a_relay_with_one_is_refused():
+    message = refused(sender_mode="local", sender_relays={
+        "@shop.example.org": {"host": "smtp.example.net", "tls": "encrypt"}})
+    assert message.startswith("pillar postfix_relay:sender_relays:@shop.example.org:username:")
+
+
+def test_same_relay_with_other_fingerprints_names_fingerprints():
+    pin = {"tls": "fingerprint", "fingerprints": ["AB" * 32]}
+    message = refused(relay={**PRIMARY, **pin}, fallback_relays=None, sender_mode="local",
+                      sender_relays={"@shop.example.org": {**PRIMARY, **pin,
+                                                           "fingerprints": ["CD" * 32]}})
+    assert message.startswith(
+        "pillar postfix_relay:sender_relays:@shop.example.org:fingerprints: "), message
+
+
+def test_clean_removes_every_table_under_configs_state_ids():
+    ids = {t["state_id"]: t["path"] for t in settings.clean_tables("/etc/postfix")}
+    assert ids["password-table"] == "/etc/postfix/sasl/passwd"
+    assert set(ids) == set(settings.STATE_IDS.values())
+
+
+def test_no_oauth2_relay_left_removes_the_plugins_files():
+    result = run(host={**HOST, "smtp_chroot_dir": "/var/spool/postfix"})
+    assert "/var/spool/postfix/etc/sasl-xoauth2" in result["xoauth2_leftovers"]
+    one = {"host": "smtp.office365.com", "username": "u", "oauth2": OAUTH2}
+    assert run(relay=one, fallback_relays=None)["xoauth2_leftovers"] == []
