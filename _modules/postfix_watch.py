@@ -30,7 +30,7 @@ MAX_READ = 8 * 1024 * 1024
 
 # Postfix's client processes only: smtpd's "SASL authentication failed" is a
 # client of ours failing, not our relay refusing us.
-_CLIENT = re.compile(r"postfix[^/\s]*/(?:smtp|lmtp|error)\[\d+\]: ")
+_CLIENT = re.compile(r"postfix[^/\s]*/(?:smtp|lmtp|error)\[(?P<pid>\d+)\]: ")
 _STATUS = re.compile(r"relay=(?P<relay>[^,\s]+), .*?status=(?P<status>\w+) "
                      r"\((?P<reply>.*)\)\s*$")
 _NAMADDR = re.compile(r"(?P<name>[^\s\[\](),;:]+)\[(?P<addr>[^\]]+)\](?::(?P<port>\d+))?")
@@ -94,8 +94,10 @@ def relay_of(text, field=None):
 
 
 def _key_part(relay):
-    """(name, port) of a relay string, for matching a later delivery."""
-    match = _NAMADDR.match(relay or "")
+    """(name, port) of a relay string (the log's name[addr]:port, or
+    relayhost's [name]:port), for matching a later delivery."""
+    match = _NAMADDR.match(relay or "") or re.match(
+        r"^\[(?P<name>[^\]]+)\](?::(?P<port>\d+))?$", relay or "")
     if match:
         return match.group("name").lower(), match.group("port")
     return (relay or "").lower(), None
@@ -150,9 +152,10 @@ def _tls_cause_fix(reply, where, key):
 def classify(line, xoauth2=False):
     """
     What one log line says about the relay: ``{"condition", "relay",
-    "reply"}`` for a failure, ``{"sent": relay}`` for a delivery, None
-    otherwise. ``xoauth2``: the relay logs in with XOAUTH2, so a client-side
-    SASL failure is the token refresh failing.
+    "reply", "pid"}`` for a failure, ``{"sent": relay, "pid"}`` for a
+    delivery (pid: the smtp process's), None otherwise. ``xoauth2``: the
+    relay logs in with XOAUTH2, so a client-side SASL failure is the token
+    refresh failing.
 
     CLI Example:
 
@@ -169,7 +172,8 @@ def classify(line, xoauth2=False):
     status = _STATUS.search(text)
     if status and status.group("status") == "sent":
         relay = status.group("relay")
-        return {"sent": relay} if relay not in ("none", "local") else None
+        return {"sent": relay, "pid": client.group("pid")} \
+            if relay not in ("none", "local") else None
     reply = status.group("reply") if status else text
     for condition, pattern in _PATTERNS:
         if pattern.search(reply):
@@ -177,7 +181,7 @@ def classify(line, xoauth2=False):
                 condition = "oauth2"
             return {"condition": condition, "relay": relay_of(reply, status and
                                                               status.group("relay")),
-                    "reply": scrub(reply)}
+                    "reply": scrub(reply), "pid": client.group("pid")}
     return None
 
 
@@ -370,21 +374,31 @@ def _uses_xoauth2(cache):
     return cache["xoauth2"]
 
 
+def _delivered(active, found, failed_pids, seen):
+    """A delivery through the failing relay clears its condition. One through
+    another relay supersedes it (cleared once nothing waits: the relay is no
+    longer used), unless the same smtp process failed on it just before
+    (a fallback relay carries the mail: the failing relay still fails)."""
+    for name in [c for c in LOG_CONDITIONS if c in active]:
+        if same_relay(active[name].get("relay"), found["sent"]):
+            del active[name]
+            seen.discard(name)
+        elif found["pid"] not in failed_pids.get(name, ()):
+            active[name]["superseded"] = True
+
+
 def observe(state, lines, now):
     """Apply this interval's log lines, in order, to the log conditions
-    (``state["active"]``): a failure sets its condition, a delivery through
-    the same relay clears it. Returns the conditions seen failing now."""
-    active, seen, cache = state.setdefault("active", {}), set(), {}
+    (``state["active"]``): a failure sets its condition, a delivery clears or
+    supersedes it. Returns the conditions seen failing now."""
+    active, seen, cache, failed_pids = state.setdefault("active", {}), set(), {}, {}
     for line in lines:
         found = classify(line)
         if not found:
             continue
         if "sent" in found:
             state["last_sent"] = _line_time(line, now)
-            for name in [c for c in LOG_CONDITIONS if c in active and
-                         same_relay(active[c].get("relay"), found["sent"])]:
-                del active[name]
-                seen.discard(name)
+            _delivered(active, found, failed_pids, seen)
             continue
         name = found["condition"]
         if name == "credentials" and "cannot authenticate" in found["reply"] and \
@@ -395,6 +409,7 @@ def observe(state, lines, now):
         active[name] = {"relay": found["relay"], "reply": found["reply"], "cause": cause,
                         "fix": fix, "since": since, "fingerprint": _fingerprint(name, cause)}
         seen.add(name)
+        failed_pids.setdefault(name, set()).add(found["pid"])
     return seen
 
 
@@ -429,11 +444,13 @@ def _queue_condition(name, facts, limit, state):
 
 
 def settle(state, facts, seen, limits):
-    """The queue conditions from ``facts``; log conditions not seen failing
-    now clear once nothing waits in the deferred queue."""
+    """The queue conditions from ``facts``; a superseded log condition (mail
+    went out through another relay) not seen failing now clears once nothing
+    waits in the deferred queue. Without a delivery nothing proves the relay
+    works again: the condition stays."""
     active = state["active"]
     for name in [c for c in LOG_CONDITIONS if c in active and c not in seen]:
-        if facts["ok"] and facts["deferred"] == 0:
+        if facts["ok"] and facts["deferred"] == 0 and active[name].get("superseded"):
             del active[name]
     over = {"deferred": facts["deferred"] > limits["deferred_max"],
             "age": (facts["oldest_age"] or 0) > limits["age_max"]}

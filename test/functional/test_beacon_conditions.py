@@ -78,7 +78,7 @@ def test_a_client_side_sasl_failure_with_xoauth2_is_the_token(watch):
 def test_deliveries_and_other_daemons_lines(watch):
     sent = status_line("250 2.0.0 OK: queued as 4F1", relay="relay.test[192.0.2.9]:587",
                        status="sent")
-    assert watch.classify(sent) == {"sent": "relay.test[192.0.2.9]:587"}
+    assert watch.classify(sent) == {"sent": "relay.test[192.0.2.9]:587", "pid": "4242"}
     # smtpd's failures are clients of ours failing, not our relay refusing us
     assert watch.classify("Nov 28 02:40:01 pi postfix/smtpd[9]: warning: unknown[192.0.2.7]: "
                           "SASL LOGIN authentication failed: UGFzc3dvcmQ6") is None
@@ -90,6 +90,52 @@ def test_same_relay_by_name_and_port(watch):
     assert not watch.same_relay("a.example[192.0.2.1]:587", "a.example[192.0.2.1]:465")
     assert watch.same_relay("a.example", "A.example[192.0.2.1]:587")  # resolver failure
     assert not watch.same_relay(None, "a.example[192.0.2.1]:587")
+    assert watch.same_relay("[a.example]:587", "a.example[192.0.2.1]:587")  # a relayhost
+
+
+def sent_line(relay, pid):
+    return (f"Nov 28 02:40:09 pi postfix/smtp[{pid}]: 3F2A1D: to=<me@example.org>, "
+            f"relay={relay}, delay=1, delays=0/0/0.5/0.5, dsn=2.0.0, status=sent (250 ok)")
+
+
+def refused_line(pid):
+    return (f"Nov 28 02:40:08 pi postfix/smtp[{pid}]: connect to primary.example[192.0.2.1]:587:"
+            " Connection refused")
+
+
+EMPTY = {"ok": True, "deferred": 0, "oldest_age": None, "reason": None,
+         "queues": {"deferred": 0}}
+LIMITS = {"deferred_max": 10, "age_max": 3600}
+
+
+def interval(watch, state, lines, facts=EMPTY):
+    seen = watch.observe(state, lines, 1795833000)
+    watch.settle(state, facts, seen, LIMITS)
+    return sorted(state["active"])
+
+
+def test_a_failing_relay_stays_failing_until_mail_proves_otherwise(watch):
+    state = {"active": {}}
+    assert interval(watch, state, [refused_line(11)]) == ["unreachable"]
+    # no mail since, nothing waits: nothing proves the relay works again
+    assert interval(watch, state, []) == ["unreachable"]
+    # a fallback carries each mail after the primary failed (same smtp process)
+    fallback = [refused_line(12), sent_line("backup.example[192.0.2.2]:587", 12)]
+    assert interval(watch, state, fallback) == ["unreachable"]
+    assert interval(watch, state, []) == ["unreachable"]
+    # the primary delivers again: cleared at once
+    assert interval(watch, state, [sent_line("primary.example[192.0.2.1]:587", 13)]) == []
+
+
+def test_a_relay_no_longer_used_clears_once_nothing_waits(watch):
+    state = {"active": {}}
+    interval(watch, state, [refused_line(11)])
+    # mail goes out through another relay without trying this one (the pillar
+    # changed), but mail still waits: stays
+    waiting = dict(EMPTY, deferred=2, queues={"deferred": 2})
+    other = [sent_line("new.example[192.0.2.3]:587", 14)]
+    assert interval(watch, state, other, waiting) == ["unreachable"]
+    assert interval(watch, state, [], EMPTY) == []
 
 
 SECRETS = [
