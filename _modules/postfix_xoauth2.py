@@ -307,7 +307,8 @@ def refresh(path, chroot="", conf_file="/etc/sasl-xoauth2.conf", timeout=10):
     info["answered"] = True
     if status != 200 or not body.get("access_token"):
         error = body.get("error") or f"HTTP {status}"
-        description = str(body.get("error_description") or "").split("\n")[0][:200]
+        # first line only (Microsoft's go on with trace ids, CRLF-separated)
+        description = (str(body.get("error_description") or "").splitlines() or [""])[0][:200]
         info["error"] = f"{error}: {description}" if description else error
         info["error_code"] = error
         return info, None

@@ -29,6 +29,8 @@ postfix-relay-oauth2-keepalive-job:
     - user: root
     - group: root
     - mode: "0644"
+    {#- /etc/cron.d is there once cron is installed; until then it waits there #}
+    - makedirs: true
     - require:
       - file: postfix-relay-oauth2-keepalive-relays
 {%- if not job.cron_daemon %}

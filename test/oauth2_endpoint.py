@@ -11,6 +11,14 @@ Several providers at once (one endpoint per relay): ``client_secret=`` makes
 the endpoint refuse any other secret (invalid_client), and
 ``endpoint.saw(refresh_token)`` tells whether that refresh token was ever
 presented to it (only digests are kept).
+
+Death by silence (issue 15): ``idle_limit=`` seconds revokes the refresh token
+once it has not been used for that long, answering as the provider does
+(``style="microsoft"``: invalid_grant with AADSTS700082; ``"google"``: "Token
+has been expired or revoked."). ``endpoint.advance(seconds)`` moves the
+endpoint's clock (access tokens expire, the refresh token ages) without
+waiting; ``rotate=True`` hands out a new refresh token with every refresh (as
+Microsoft does) and only the newest works (``endpoint.refresh_token``).
 """
 
 import hashlib
@@ -27,7 +35,8 @@ from relay import make_certs
 
 class TokenEndpoint:
     def __init__(self, refresh_token, client_id="postfix-relay-test", ttl=12,
-                 cert_dir=None, user=None, client_secret=None):
+                 cert_dir=None, user=None, client_secret=None, idle_limit=None,
+                 style="microsoft", rotate=False):
         self.refresh_token, self.client_id, self.ttl = refresh_token, client_id, ttl
         self.client_secret = client_secret  # None: any secret (or none) is taken
         self.user = user
@@ -39,6 +48,9 @@ class TokenEndpoint:
         self.clients = []  # the client_id of every request (not a secret)
         self.cert_dir = cert_dir
         self._server = None
+        self.idle_limit, self.style, self.rotate = idle_limit, style, rotate
+        self.offset = 0.0  # advance(): the simulated time that has passed
+        self.last_used = self.now()  # when the refresh token was last used
 
     def revoke(self):
         """The refresh token stops working (as when an admin revokes the app's
@@ -48,10 +60,32 @@ class TokenEndpoint:
     def reissue(self, refresh_token):
         """A new refresh token (what the admin gets from a new consent)."""
         self.refresh_token, self.revoked = refresh_token, False
+        self.last_used = self.now()
+
+    def now(self):
+        """The endpoint's clock: monotonic time plus what advance() added."""
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds):
+        """Simulated silence: seconds pass for the endpoint at once."""
+        self.offset += seconds
+
+    def idle(self):
+        """The refresh token has not been used for longer than idle_limit."""
+        return self.idle_limit is not None and self.now() - self.last_used > self.idle_limit
+
+    def _idle_answer(self):
+        if self.style == "google":
+            return 400, {"error": "invalid_grant",
+                         "error_description": "Token has been expired or revoked."}
+        return 400, {"error": "invalid_grant", "error_description": (
+            "AADSTS700082: The refresh token has expired due to inactivity. The token was "
+            "issued on 2026-01-01T00:00:00Z and was inactive for 90.00:00:00.\r\n"
+            "Trace ID: 0b1d3c5e\r\nCorrelation ID: 7a9f\r\nTimestamp: 2026-04-01")}
 
     def valid(self, user, token):
         expiry = self.issued.get(token)
-        return expiry is not None and expiry > time.monotonic() and \
+        return expiry is not None and expiry > self.now() and \
             (self.user is None or user == self.user)
 
     def saw(self, refresh_token):
@@ -71,10 +105,16 @@ class TokenEndpoint:
                                                       self.refresh_token):
             return 400, {"error": "invalid_grant",
                          "error_description": "AADSTS70000: the refresh token is revoked"}
+        if self.idle():
+            return self._idle_answer()
         token = secrets.token_urlsafe(24)
-        self.issued[token] = time.monotonic() + self.ttl
+        self.issued[token] = self.now() + self.ttl
         self.refreshes += 1
-        return 200, {"access_token": token, "token_type": "Bearer", "expires_in": self.ttl}
+        self.last_used = self.now()
+        answer = {"access_token": token, "token_type": "Bearer", "expires_in": self.ttl}
+        if self.rotate:  # the old one stops working: only a stored new one lives on
+            self.refresh_token = answer["refresh_token"] = secrets.token_urlsafe(24)
+        return 200, answer
 
     def start(self):
         endpoint = self
