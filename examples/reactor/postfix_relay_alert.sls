@@ -11,25 +11,29 @@
     postfix_relay_alert_url: https://hooks.example.org/services/T000/B000/XXXX
 
   runner.http.query, not local.http.query: the runner runs on the master
-  itself, so the alert leaves even when the host whose mail is stuck has lost
-  its network or its minion is busy, and only the master needs to reach the
-  webhook. The body is JSON with a one-line `text` (what Slack, Mattermost
-  and Rocket.Chat incoming webhooks show) and the event's fields: minion,
-  condition (deferred, age, credentials, tls, unreachable, oauth2,
-  recovered), cause, fix, relay, deferred count, oldest age, the relay's
-  reply. Only these fields are copied; the beacon never puts a secret in them.
+  itself, so the alert leaves even when the host whose mail is stuck has
+  lost its network or its minion is busy, and only the master needs to
+  reach the webhook. The body is JSON with a one-line `text` (what Slack,
+  Mattermost and Rocket.Chat incoming webhooks show) and the event's
+  fields: minion, condition (deferred, age, credentials, tls, unreachable,
+  oauth2, recovered; with recovered, which one cleared), cause, fix, relay,
+  deferred count, oldest age in seconds, the relay's reply. Only these
+  fields are copied; the beacon never puts a secret in them.
 -#}
 {%- set url = opts.get('postfix_relay_alert_url') %}
 {%- if url and data.get('condition') %}
 {#- Only these fields are passed on, each when the event has it. #}
 {%- set alert = {'minion': data.get('id')} %}
-{%- for key in ('condition', 'cause', 'fix', 'relay', 'deferred', 'oldest_age', 'reply') %}
+{%- for key in ('condition', 'recovered', 'cause', 'fix', 'relay', 'deferred', 'oldest_age',
+                'reply') %}
 {%-   if data.get(key) is not none %}{% do alert.update({key: data[key]}) %}{% endif %}
 {%- endfor %}
 {%- set summary = [alert.minion ~ ': mail ' ~ alert.condition
                    ~ ' (' ~ alert.get('deferred', '?') ~ ' deferred)'] %}
 {%- if alert.cause %}{% do summary.append(alert.cause) %}{% endif %}
-{%- if alert.fix %}{% do summary.append('fix: ' ~ alert.fix) %}{% endif %}
+{%- if alert.fix and alert.condition != 'recovered' %}
+{%-   do summary.append('fix: ' ~ alert.fix) %}
+{%- endif %}
 {%- do alert.update({'text': summary | join(' - ')}) %}
 postfix-relay-alert-webhook:
   runner.http.query:

@@ -157,9 +157,10 @@ def fleet_roots(tmp_path_factory, gpg_keydir, fleet_relay):
 
 
 def start_fleet(salt_factories, base, roots, keydir, ids, master_id="fleet-master",
-                master_overrides=None):
+                master_overrides=None, minion_overrides=None):
     """A master and one minion per id, each minion its own host.
-    master_overrides: more master config (e.g. `reactor:`), added to the fleet's."""
+    master_overrides, minion_overrides: more config (e.g. the master's
+    `reactor:`), added to the fleet's."""
     files, pillar = roots
     master = salt_factories.salt_master_daemon(master_id, overrides={
         "file_roots": {"base": [str(files)]},
@@ -171,7 +172,8 @@ def start_fleet(salt_factories, base, roots, keydir, ids, master_id="fleet-maste
     hosts = {host_id: Host(base, host_id) for host_id in ids}
     minions = {}
     for host_id in ids:
-        minion = master.salt_minion_daemon(host_id, overrides={"enable_fqdns_grains": False})
+        minion = master.salt_minion_daemon(host_id, overrides={"enable_fqdns_grains": False,
+                                                               **(minion_overrides or {})})
         # salt-factories starts `python_executable script args`: the wrapper
         # makes the minion process (and all it spawns) that host.
         minion.python_executable = str(hosts[host_id].wrapper)

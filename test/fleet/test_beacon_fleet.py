@@ -1,0 +1,267 @@
+"""
+The postfix_relay beacon on a real fleet: a salt-master and two salt-minions,
+each minion its own host with its own Postfix and its own relay account on
+its own test relay. The master's event bus is watched through salt-factories'
+event listener; the example reactor (examples/reactor/postfix_relay_alert.sls)
+runs on the master and posts each alert to a test webhook. Tests run in order:
+the fleet applies the formula and mails without a word, one host's relay goes
+down and comes back, then another host's password is rotated at the provider.
+"""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import REPO, start_fleet
+from relay import Relay
+from webhook import Webhook
+
+IDS = ("bcn1", "bcn2")
+ACCOUNT = {"bcn1": "bcn1-account", "bcn2": "bcn2-account"}
+PASSWORDS = {"bcn1-account": "Bcn1-pw-5rt93-never-logged",
+             "bcn2-account": "Bcn2-pw-8qw21-never-logged"}
+INTERVAL = 10  # the beacon's minimum: the suite runs in every ./run-tests
+# Postfix retries a deferred message within seconds, so "relay back" drains
+# the queue without a flush, as it would on a real host (only slower there).
+FAST_RETRY = {"queue_run_delay": "1s", "minimal_backoff_time": "1s",
+              "maximal_backoff_time": "2s"}
+REACTOR = REPO / "examples" / "reactor" / "postfix_relay_alert.sls"
+DOWN = ("deferred", "unreachable")
+
+
+@pytest.fixture(scope="module")
+def relays(tmp_path_factory):
+    """One test relay per host, each holding that host's account only."""
+    started = {}
+    try:
+        for host_id in IDS:
+            account = ACCOUNT[host_id]
+            started[host_id] = Relay(
+                tls="starttls", mechanisms=("PLAIN", "LOGIN"),
+                users={account: PASSWORDS[account]},
+                cert_dir=str(tmp_path_factory.mktemp(f"relay-{host_id}"))).start()
+        yield started
+    finally:
+        for relay in started.values():
+            relay.stop()
+
+
+def write_roots(base, relays):
+    """file_roots with the formula; pillar: shared defaults with the beacon at
+    its shortest interval, each host its own relay port and account."""
+    files = base / "salt"
+    files.mkdir()
+    for name in ("postfix_relay", "_modules", "_states", "_utils", "_beacons"):
+        (files / name).symlink_to(REPO / name)
+    pillar = base / "pillar"
+    (pillar / "mail").mkdir(parents=True)
+    top = "base:\n  '*':\n    - mail.defaults\n"
+    main_cf = "".join(f"    {key}: {value}\n" for key, value in FAST_RETRY.items())
+    (pillar / "mail" / "defaults.sls").write_text(
+        "postfix_relay:\n  domain: example.org\n  recipient: admin@example.org\n"
+        "  listen: none\n"
+        f"  beacon:\n    interval: {INTERVAL}\n    deferred_max: 50\n    age_max: 1h\n"
+        f"  main_cf:\n{main_cf}")
+    for host_id in IDS:
+        account = ACCOUNT[host_id]
+        top += f"  '{host_id}':\n    - mail.{host_id}\n"
+        (pillar / "mail" / f"{host_id}.sls").write_text(
+            f"postfix_relay:\n  relay:\n    host: 127.0.0.1\n    port: {relays[host_id].port}\n"
+            f"    username: {account}\n    password: {PASSWORDS[account]}\n"
+            "    tls: encrypt\n")
+    (pillar / "top.sls").write_text(top)
+    return files, pillar
+
+
+@pytest.fixture(scope="module")
+def webhook():
+    with Webhook() as hook:
+        yield hook
+
+
+@pytest.fixture(scope="module")
+def beacon_fleet(salt_factories, tmp_path_factory, relays, webhook):
+    """The master runs the example reactor on every postfix_relay beacon
+    event, the way the README configures it."""
+    roots = write_roots(tmp_path_factory.mktemp("beacon-roots"), relays)
+    master, hosts, minions = start_fleet(
+        salt_factories, tmp_path_factory.mktemp("beacon-hosts"), roots,
+        tmp_path_factory.mktemp("beacon-gpg"), IDS, master_id="beacon-master",
+        master_overrides={
+            "reactor": [{"salt/beacon/*/postfix_relay/*": [str(REACTOR)]}],
+            "postfix_relay_alert_url": webhook.url,
+        },
+        # Salt's default: the minion runs beacons once a second and counts
+        # their intervals in loop_intervals; salt-factories' 0.05 would make
+        # a 10 s beacon interval 200 s.
+        minion_overrides={"loop_interval": 1})
+    with master.started(start_timeout=120), ThreadPoolExecutor(len(IDS)) as pool:
+        # The hosts start and stop side by side: the suite runs in every ./run-tests.
+        starts = [pool.submit(minion.start, start_timeout=120) for minion in minions.values()]
+        try:
+            for start in starts:
+                start.result()
+            yield master, hosts, minions
+        finally:
+            list(pool.map(lambda host_id: stop_host(minions[host_id], hosts[host_id]), IDS))
+
+
+def stop_host(minion, host):
+    if minion.is_running():
+        minion.terminate()
+    host.stop_postfix()
+
+
+# -- helpers -------------------------------------------------------------------
+def beacon_events(listener, master, host_id, after):
+    """This host's postfix_relay beacon events on the master's bus since after,
+    oldest first."""
+    found = listener.get_events([(master.id, f"salt/beacon/{host_id}/postfix_relay/*")],
+                                after_time=after)
+    return sorted(found, key=lambda event: event.stamp)
+
+
+def wait_event(listener, master, host_id, conditions, after, timeout):
+    """The first of this host's beacon events since after whose condition is
+    one of conditions, waiting up to timeout seconds; fails naming what came."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = beacon_events(listener, master, host_id, after)
+        for event in events:
+            if event.tag.rsplit("/", 1)[-1] in conditions:
+                return event
+        assert time.monotonic() < deadline, (
+            f"no {conditions} event from {host_id} in {timeout} s; "
+            f"came: {[(e.tag, e.data) for e in events]}")
+        time.sleep(0.5)
+
+
+def send_mail(master, host_id, token):
+    """A mail the way cron sends one, submitted on that host."""
+    mail = f"printf 'Subject: {token}\\n\\n{token}\\n' | sendmail -FCronDaemon -i -oem root"
+    res = master.salt_cli(timeout=60).run("cmd.run", mail, "python_shell=True",
+                                          minion_tgt=host_id)
+    assert res.returncode == 0 and res.data == "", res.stdout + res.stderr
+
+
+def deferred_on(master, host_id):
+    """The messages in that host's queue (postqueue -j: one JSON line each)."""
+    res = master.salt_cli(timeout=60).run("cmd.run", "postqueue -j", minion_tgt=host_id)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return [line for line in (res.data or "").splitlines() if line.strip()]
+
+
+def alerts_of(webhook, count=1, **fields):
+    """The webhook's alerts (parsed JSON bodies) that carry these fields,
+    once there are count of them (30 s at most)."""
+    posts = webhook.wait_for(count, timeout=30, match=lambda post: all(
+        (post["json"] or {}).get(key) == value for key, value in fields.items()))
+    return [post["json"] for post in posts]
+
+
+def assert_no_secret(*texts):
+    for text in texts:
+        for password in PASSWORDS.values():
+            assert password not in repr(text)
+
+
+# -- tests -----------------------------------------------------------------------
+def test_apply_installs_the_beacon_on_every_host(beacon_fleet):
+    master, _, _ = beacon_fleet
+    cli = master.salt_cli(timeout=300)
+    assert cli.run("saltutil.sync_all", minion_tgt="*").returncode == 0
+    res = cli.run("state.apply", "postfix_relay", minion_tgt="*")
+    assert isinstance(res.data, dict), res.stdout[-3000:] + res.stderr[-3000:]
+    for host_id in IDS:
+        states = res.data[host_id]
+        assert isinstance(states, dict), f"{host_id}: {states}"
+        failed = {v["__id__"]: v["comment"] for v in states.values() if v["result"] is not True}
+        assert not failed, f"{host_id}: {failed}"
+    # The running minion (not only its config file) has the beacon.
+    listed = cli.run("beacons.list", "return_yaml=False", minion_tgt="*").data
+    for host_id in IDS:
+        assert {"interval": INTERVAL} in listed[host_id]["postfix_relay"], listed[host_id]
+
+
+def test_healthy_hosts_say_nothing(beacon_fleet, relays, event_listener):
+    """Mail that leaves raises no event: a fleet whose mail works is quiet."""
+    master, _, _ = beacon_fleet
+    start = time.time()
+    for host_id in IDS:
+        send_mail(master, host_id, f"{host_id}-healthy")
+    for host_id in IDS:
+        assert relays[host_id].find(f"{host_id}-healthy", timeout=30), host_id
+    time.sleep(max(0, start + INTERVAL + 2 - time.time()))
+    for host_id in IDS:
+        assert beacon_events(event_listener, master, host_id, start) == [], host_id
+
+
+def test_relay_down_one_event_from_that_host_only(beacon_fleet, relays, event_listener):
+    master, _, _ = beacon_fleet
+    start = time.time()
+    relays["bcn1"].stop()
+    send_mail(master, "bcn1", "while-bcn1-relay-down")
+    send_mail(master, "bcn2", "bcn2-still-fine")
+    event = wait_event(event_listener, master, "bcn1", DOWN, start, timeout=2 * INTERVAL + 5)
+    data = event.data
+    assert data["condition"] == event.tag.rsplit("/", 1)[-1]
+    assert data["deferred"] >= 1, data
+    assert "Connection refused" in data["reply"] and data["cause"] and data["fix"], data
+    assert str(relays["bcn1"].port) in data["relay"], data
+    assert_no_secret(event.full_data)
+    # The other host's mail left: it has nothing to report.
+    assert relays["bcn2"].find("bcn2-still-fine", timeout=30)
+    # One event per change, not per interval: Postfix keeps retrying (and
+    # logging) meanwhile, the beacon stays quiet.
+    time.sleep(INTERVAL + 2)
+    events = beacon_events(event_listener, master, "bcn1", start)
+    assert [e.tag for e in events] == [event.tag], [(e.tag, e.data) for e in events]
+    assert beacon_events(event_listener, master, "bcn2", start) == []
+    assert deferred_on(master, "bcn1"), "the mail is still queued on bcn1"
+
+
+def test_reactor_posts_the_alert_while_mail_cannot_leave(beacon_fleet, relays, webhook):
+    alert = alerts_of(webhook, minion="bcn1")[0]
+    assert alert["condition"] in DOWN, alert
+    assert alert["deferred"] >= 1 and alert["cause"] and alert["fix"], alert
+    assert "bcn1" in alert["text"] and alert["cause"] in alert["text"], alert
+    assert not [m for m in relays["bcn1"].messages if "while-bcn1-relay-down" in m["data"]], \
+        "the alert came while bcn1's mail could not leave"
+    assert not [p for p in webhook.posts if (p["json"] or {}).get("minion") == "bcn2"]
+    assert_no_secret(*(p["body"] for p in webhook.posts))
+
+
+def test_relay_back_queue_drained_recovered(beacon_fleet, relays, event_listener, webhook):
+    master, _, _ = beacon_fleet
+    start = time.time()
+    relays["bcn1"].start()  # same port: Postfix retries it by itself
+    assert relays["bcn1"].find("while-bcn1-relay-down", timeout=30), "queue not drained"
+    event = wait_event(event_listener, master, "bcn1", ("recovered",), start,
+                       timeout=2 * INTERVAL + 5)
+    assert event.data["recovered"] in DOWN and event.data["deferred"] == 0, event.data
+    assert deferred_on(master, "bcn1") == []
+    assert beacon_events(event_listener, master, "bcn2", start) == []
+    alert = alerts_of(webhook, minion="bcn1", condition="recovered")[0]
+    assert alert["recovered"] == event.data["recovered"] and alert["deferred"] == 0, alert
+
+
+def test_rotated_password_credentials_event_with_the_relays_reply(
+        beacon_fleet, relays, event_listener, webhook):
+    master, _, _ = beacon_fleet
+    relay = relays["bcn2"]
+    account = ACCOUNT["bcn2"]
+    start = time.time()
+    relay.users[account] = "rotated-at-the-provider"  # bcn2's pillar password is now wrong
+    try:
+        send_mail(master, "bcn2", "after-password-rotation")
+        event = wait_event(event_listener, master, "bcn2", ("credentials",), start,
+                           timeout=2 * INTERVAL + 5)
+    finally:
+        relay.users[account] = PASSWORDS[account]
+    data = event.data
+    assert "535" in data["reply"] and "Authentication credentials invalid" in data["reply"], data
+    assert str(relay.port) in data["relay"] and data["fix"], data
+    assert_no_secret(event.full_data)
+    assert beacon_events(event_listener, master, "bcn1", start) == []
+    alert = alerts_of(webhook, minion="bcn2", condition="credentials")[0]
+    assert "535" in alert["reply"] and alert["fix"] in alert["text"], alert
