@@ -69,8 +69,8 @@ def main():
             print("prebuild: another prebuild is running", flush=True)
             return 0
         with concurrent.futures.ThreadPoolExecutor(len(TREES)) as pool:
-            for line in pool.map(build, TREES):
-                print(line, flush=True)
+            for done in concurrent.futures.as_completed([pool.submit(build, n) for n in TREES]):
+                print(time.strftime("%H:%M:%S"), done.result(), flush=True)
     return 0
 
 
