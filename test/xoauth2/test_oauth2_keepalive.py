@@ -142,6 +142,9 @@ def pi(sid, relay, endpoint):
 
 
 def test_apply_installs_the_daily_keepalive_job(pi):
+    # smtp chrooted (as Debian's Postfix had it until 3.9): the keep-alive
+    # finds the token file and CA bundle inside the chroot, as the plugin does
+    pi.sid.run("postconf", "-F", "smtp/unix/chroot=y")
     data = pi.apply("sync_mods=all")
     job = pi.sid.path(CRON_FILE)
     st = job.stat()
@@ -219,6 +222,12 @@ def test_without_it_the_token_dies_mail_waits_and_the_cause_is_named(pi):
     assert entry["ok"] is False and entry["error"].startswith("invalid_grant: AADSTS700082")
     assert entry["relay"] == f"[127.0.0.1]:{pi.relay.port}" and entry["key"] == "relay"
     assert abs(entry["time"] - time.time()) < 120
+    assert pi.sid.path(f"{CACHE}/oauth2_keepalive.json").stat().st_mode & 0o777 == 0o600
+    # the beacon's next interval raises oauth2 with the provider's error
+    code, events, res = pi.salt_call("postfix_watch.interval",
+                                     '{"deferred_max": 10, "age_max": 3600}')
+    raised = [e for e in events or [] if e["condition"] == "oauth2"]
+    assert raised and "AADSTS700082" in raised[0]["reply"], res.stdout[-3000:]
 
 
 def test_google_expired_or_revoked_is_named_with_the_fix(pi):
