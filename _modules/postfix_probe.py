@@ -88,12 +88,13 @@ def _first_fields(relay, conf):
     return result
 
 
-def relay(entry, conf, timeout=10, config_dir="/etc/postfix"):
+def relay(entry, conf, timeout=10, config_dir="/etc/postfix", envelope=True):
     """
     Probe one relay (``entry``: a relay as in ``postfix_relay.relays``) with ``conf``
     (``postfix_relay.config``) as Postfix would, and return its entry:
     reachability, TLS, mechanisms, the negotiated one, credentials, and a
-    ``diagnosis`` list of ``{"cause", "fix"}``.
+    ``diagnosis`` list of ``{"cause", "fix"}``; with ``envelope``, also
+    whether the relay accepts MAIL FROM / RCPT TO (``postfix_probe_envelope``).
 
     CLI Example:
 
@@ -129,8 +130,9 @@ def relay(entry, conf, timeout=10, config_dir="/etc/postfix"):
         trusted = _session_tls(result, conf, smtp, tls, timeout, helo)
         if sasl:
             __salt__["postfix_probe_auth.check"](result, entry, conf, smtp, trusted, config_dir)
-        # the sender and recipient Postfix would send, without a message
-        __salt__["postfix_probe_envelope.check"](result, entry, conf, smtp, sasl, config_dir)
+        if envelope:  # the sender and recipient Postfix would send, without a message
+            __salt__["postfix_probe_envelope.check"](result, entry, conf, smtp, sasl,
+                                                     config_dir)
     result["ok"] = not result.get("diagnosis")
     return result
 

@@ -13,6 +13,8 @@ their provider, see ``_utils/postfix_replies``).
 import re
 import smtplib
 
+from salt.exceptions import CommandExecutionError
+
 __virtualname__ = "postfix_probe_envelope"
 
 PARAMS = ["myorigin", "mydestination", "myhostname", "canonical_maps",
@@ -125,6 +127,8 @@ def addresses(entry, config_dir="/etc/postfix"):
 
 def _untestable(result, sasl):
     """Why Postfix would not reach MAIL FROM in this session, or None."""
+    if not result.get("tls") and result.get("tls_level") not in ("none", "may"):
+        return "not tested: without TLS Postfix sends nothing to this relay"
     if sasl and result.get("mechanisms_offered"):
         creds = result.get("credentials") or {}
         if creds.get("key") is None:
@@ -143,7 +147,12 @@ def check(result, entry, conf, smtp, sasl, config_dir="/etc/postfix"):  # noqa: 
     ``stage``, ``code``, ``reply``, ``provider``) and names a refusal in
     ``result["diagnosis"]``.
     """
-    sender, recipient, note = addresses(entry, config_dir)
+    try:
+        sender, recipient, note = addresses(entry, config_dir)
+    except CommandExecutionError as exc:  # a rewriting table Postfix cannot read either
+        result["envelope"] = {"tested": False, "accepted": None,
+                              "note": f"not tested: the envelope is unknown ({exc})"}
+        return
     envelope = {"sender": sender, "recipient": recipient, "tested": False, "accepted": None}
     result["envelope"] = envelope
     why = note or _untestable(result, sasl)

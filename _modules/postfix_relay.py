@@ -165,7 +165,7 @@ def _to_probe(conf, relay, config_dir):
     return entries, found, problems
 
 
-def probe(relay=None, timeout=10, config_dir="/etc/postfix"):
+def probe(relay=None, timeout=10, config_dir="/etc/postfix", envelope=True):
     """
     Open an SMTP session to every relay Postfix may use (or only ``relay``,
     in relayhost syntax) as Postfix would, and report for each: TLS
@@ -176,7 +176,8 @@ def probe(relay=None, timeout=10, config_dir="/etc/postfix"):
     whether the relay accepts the credentials Postfix finds for it; then,
     without sending a message, whether it accepts the envelope Postfix would
     send (``envelope``: MAIL FROM the rewritten sender, or a sender relay's
-    address, and RCPT TO the recipient; a send-as refusal named).
+    address, and RCPT TO the recipient; a send-as refusal named; not with
+    ``envelope=False``).
 
     ``relays`` holds one entry per relay (``key``, ``role``, ``sender`` and
     the fields above); the top level holds the primary's fields, ``ok``
@@ -201,7 +202,7 @@ def probe(relay=None, timeout=10, config_dir="/etc/postfix"):
     if conf["smtp_sasl_auth_enable"] == "yes":
         problems.setdefault("diagnosis", []).extend(
             __salt__["postfix_probe_auth.table_problems"](conf, config_dir))
-    results = [__salt__["postfix_probe.relay"](entry, conf, timeout, config_dir)
+    results = [__salt__["postfix_probe.relay"](entry, conf, timeout, config_dir, envelope)
                for entry in entries]
     return _summary(results, problems.get("diagnosis", []), found["source"])
 
@@ -277,8 +278,9 @@ def verify(recipient=None, timeout=60, config_dir="/etc/postfix", sender=None):
         _refused(result, found, used)
     if conf["smtp_sasl_auth_enable"] == "yes":
         try:
-            result["mechanism"] = probe(relay=used and used["nexthop"],
-                                        config_dir=config_dir).get("negotiated_mechanism")
+            # the mail itself tested the envelope: no second MAIL FROM at the relay
+            result["mechanism"] = probe(relay=used and used["nexthop"], config_dir=config_dir,
+                                        envelope=False).get("negotiated_mechanism")
         except Exception as exc:  # pylint: disable=broad-except
             result["mechanism"] = None
             result["probe_error"] = str(exc)

@@ -132,6 +132,8 @@ def test_verify_names_a_refusal_at_mail_from(applier, refusing):
     assert code != 0 and found["status"] == "bounced", found
     assert found["refusal"]["provider"] == provider and found["refusal"]["stage"] == "MAIL"
     assert step in named(found, provider)[0]["fix"]
+    # refused once: verify's own probe (for the mechanism) sends no second MAIL FROM
+    assert [r["stage"] for r in refusing.refusals if r["mail_from"] == SENDER] == ["MAIL"]
 
 
 def test_verify_a_temporary_refusal_defers_and_keeps_the_mail(applier, refusing):
