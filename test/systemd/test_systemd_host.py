@@ -158,6 +158,46 @@ def test_second_apply_changes_nothing_and_no_password_is_logged(host, relay):
 
 
 
+def wait_in_journal(host, since, text, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in journal_since(host, since, "SYSLOG_FACILITY=2"):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_beacon_follows_the_journal_from_its_cursor(host, relay):
+    """What the postfix_relay beacon does each interval (postfix_watch.interval),
+    on a host that logs to journald (and rsyslog beside it): the first interval
+    starts at the log's end, a relay refusing the login afterwards is one
+    credentials event, the next interval reads nothing new from its cursor,
+    and delivery after the fix is recovered."""
+    limits = '{"deferred_max": 100, "age_max": 86400}'
+    code, first, res = host.salt_call("postfix_watch.interval", limits)
+    assert code == 0 and first == [], res.stdout[-3000:] + res.stderr[-3000:]
+    since, token = time.time() - 1, uuid.uuid4().hex
+    relay.users["systemd"] = "not-" + PASSWORD  # the account's password changed
+    try:
+        host.run("/usr/sbin/sendmail", "-i", "root", input=f"Subject: {token}\n\n{token}\n")
+        assert wait_in_journal(host, since, "SASL authentication failed")
+        code, events, res = host.salt_call("postfix_watch.interval", limits)
+        assert code == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert [e["condition"] for e in events] == ["credentials"], events
+        assert "535" in events[0]["reply"] and events[0]["relay_key"] == "relay"
+        _, held, _ = host.salt_call("postfix_watch.conditions")
+        assert held["log_position"].get("cursor"), held["log_position"]
+        assert host.salt_call("postfix_watch.interval", limits)[1] == []
+    finally:
+        relay.users["systemd"] = PASSWORD
+    host.run("postqueue", "-f")
+    assert relay.find(token, timeout=60)
+    assert wait_in_journal(host, since, "status=sent")
+    code, events, _ = host.salt_call("postfix_watch.interval", limits)
+    assert [(e["condition"], e.get("recovered")) for e in events] == \
+        [("recovered", "credentials")], events
+    assert PASSWORD not in str(events)
+
 def test_verify_reads_mail_log_when_the_journal_keeps_nothing(host):
     # journald only passing messages on to rsyslog (Storage=none): a common
     # setup on SD cards; mail.log is then the only record. Runs last: it
