@@ -62,3 +62,16 @@ def test_a_4xx_is_temporary():
 ])
 def test_other_replies_are_not_named(reply):
     assert replies.classify(reply, sender="pi@example.org") is None
+
+
+def test_the_older_sendasdenied_form_names_no_login():
+    # smtp-mail.outlook.com's reply before 5.2.252 (rss2email issue 147)
+    reply = ("554 5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException."
+             "MapiExceptionSendAsDenied; Failed to process message due to a permanent "
+             "exception with message Cannot submit message. 0.35250:7D060000, 1.36674:0A000000")
+    assert replies.classify(reply, relay_host="smtp-mail.outlook.com")["provider"] == \
+        "outlook.com"
+    found = replies.classify(reply, relay_host="smtp.office365.com")
+    assert found["provider"] == "Microsoft 365" and found["dsn"] == "5.2.0"
+    assert "-Trustee <the relay account>" in found["fix"]
+    assert "0.35250" not in found["cause"]
