@@ -28,7 +28,7 @@
                 'reply') %}
 {%-   if data.get(key) is not none %}{% do alert.update({key: data[key]}) %}{% endif %}
 {%- endfor %}
-{%- set summary = [alert.minion ~ ': mail ' ~ alert.condition
+{%- set summary = [alert.minion ~ ': postfix_relay ' ~ alert.condition
                    ~ ' (' ~ alert.get('deferred', '?') ~ ' deferred)'] %}
 {%- if alert.cause %}{% do summary.append(alert.cause) %}{% endif %}
 {%- if alert.fix and alert.condition != 'recovered' %}
