@@ -1,15 +1,16 @@
 {#- The postfix_relay beacon on this minion, from pillar postfix_relay:beacon
     (validated by postfix_relay_settings.beacon_settings: a bad value stops
     the render naming the key). Saved to minion.d/beacons.conf, so it survives
-    a minion restart. init.sls includes this file only when the pillar has
-    the key; applied on its own without the key, it removes the beacon.
+    a minion restart. Without the key it removes the beacon (deleting the
+    key and applying postfix_relay is how an admin turns it off).
     Beacons run in a running salt-minion: under salt-call --local there is
-    none to tell, so this says so instead of failing. -#}
+    none to tell, so with the key this says so instead of failing, and
+    without it there is nothing to do. -#}
 {%- set b = salt["postfix_relay_settings.beacon_settings"](
       salt["pillar.get"]("postfix_relay:beacon", None),
       salt["pillar.get"]("postfix_relay:metrics_textfile", None)) %}
 
-{%- if opts.get("local") %}
+{%- if opts.get("local") and b %}
 
 postfix-relay-beacon-needs-minion:
   test.show_notification:
@@ -30,7 +31,7 @@ postfix-relay-beacon:
 {%- if b.metrics_textfile %}
     - metrics_textfile: {{ b.metrics_textfile | json }}
 {%- endif %}
-{%- else %}
+{%- elif not opts.get("local") %}
 
 postfix-relay-beacon:
   beacon.absent:

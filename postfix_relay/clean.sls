@@ -56,3 +56,11 @@ postfix-relay-clean-service:
     - watch:
       - postfix_control: postfix-relay-clean-main-cf
       - postfix_control: postfix-relay-clean-smtpd-listener
+{%- if not opts.get("local") %}
+
+{#- the beacon, where a running minion has one (not under salt-call --local) #}
+postfix-relay-clean-beacon:
+  beacon.absent:
+    - name: postfix_relay
+    - save: true
+{%- endif %}

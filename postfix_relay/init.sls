@@ -3,6 +3,5 @@ include:
   - postfix_relay.package
   - postfix_relay.config
   - postfix_relay.service
-{%- if salt["pillar.get"]("postfix_relay:beacon", None) not in (None, False) %}
+  {#- the beacon from pillar postfix_relay:beacon; removed when the key goes #}
   - postfix_relay.beacon
-{%- endif %}
