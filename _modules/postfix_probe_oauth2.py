@@ -82,14 +82,7 @@ def _refresh_failure(info):
     """(cause, fix) for a refresh that failed."""
     error, code, endpoint = info["error"], info["error_code"], info["token_endpoint"]
     if code == "invalid_grant" and _died_of_silence(error):
-        return (f"the token endpoint rejects the refresh token ({error}): the provider "
-                "revoked it because it was not used for too long (Microsoft: 90 days, "
-                "AADSTS700082; Google: 7 days for an app in \"Testing\"); Postfix keeps "
-                "the mail queued",
-                "get a new refresh token for relay:username (e.g. sasl-xoauth2-tool "
-                "get-token), set relay:oauth2:refresh_token and re-apply; keep "
-                "relay:oauth2:keepalive_days on (default 14, below the provider's limit) "
-                "so the daily keep-alive refreshes it before it dies")
+        return _died_of_silence(error)
     if code == "invalid_grant":
         return (f"the token endpoint rejects the refresh token ({error}): revoked, expired "
                 "or issued to another client; Postfix keeps the mail queued",
@@ -112,11 +105,26 @@ def _refresh_failure(info):
 
 
 def _died_of_silence(error):
-    """The provider's words for a refresh token revoked after inactivity:
-    Microsoft's AADSTS700082, Google's "Token has been expired or revoked"
-    (Google says the same for a revoked consent: the fix is the same)."""
+    """(cause, fix) for the providers' words for a refresh token that expired
+    (Microsoft's AADSTS700082: unused for 90 days; Google's "Token has been
+    expired or revoked"), else None."""
     text = (error or "").lower()
-    return "aadsts700082" in text or "token has been expired or revoked" in text
+    new_token = ("get a new refresh token for relay:username (e.g. sasl-xoauth2-tool "
+                 "get-token), set relay:oauth2:refresh_token and re-apply")
+    if "aadsts700082" in text:
+        return (f"the token endpoint rejects the refresh token ({error}): Microsoft "
+                "revoked it because it was not used for 90 days; Postfix keeps the mail "
+                "queued", f"{new_token}; keep relay:oauth2:keepalive_days on (default "
+                "14): the daily keep-alive then uses the token long before 90 days")
+    if "token has been expired or revoked" in text:
+        return (f"the token endpoint rejects the refresh token ({error}): Google revoked "
+                "it (consent withdrawn or password changed), it was not used for 6 months, "
+                "or the app's OAuth consent screen is in \"Testing\" (such tokens expire 7 "
+                "days after they are issued, used or not); Postfix keeps the mail queued",
+                f"{new_token}; publish the app (\"In production\") so its tokens do not "
+                "expire after 7 days, and keep relay:oauth2:keepalive_days on (default 14) "
+                "so the token is used long before 6 months")
+    return None
 
 
 def _try_xoauth2(smtp, username, access):

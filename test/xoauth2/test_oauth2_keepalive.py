@@ -209,7 +209,7 @@ def test_without_it_the_token_dies_mail_waits_and_the_cause_is_named(pi):
     result = pi.salt_call("postfix_relay.probe")[1]
     assert result["ok"] is False
     named = [d for d in result["diagnosis"] if "AADSTS700082" in d["cause"]]
-    assert named and "not used for too long" in named[0]["cause"], result["diagnosis"]
+    assert named and "not used for 90 days" in named[0]["cause"], result["diagnosis"]
     assert "keepalive_days" in named[0]["fix"] and "new refresh token" in named[0]["fix"]
     # the job fails, says so (cron mails its output) and keeps the old token
     before = pi.token_file().read_bytes()
@@ -238,6 +238,8 @@ def test_google_expired_or_revoked_is_named_with_the_fix(pi):
     result = pi.salt_call("postfix_relay.probe")[1]
     named = [d for d in result["diagnosis"] if "expired or revoked" in d["cause"]]
     assert named and "keepalive_days" in named[0]["fix"], result["diagnosis"]
+    # a Testing app's tokens expire after 7 days whatever the keep-alive does
+    assert '"Testing"' in named[0]["cause"] and "In production" in named[0]["fix"]
 
 
 def test_a_new_refresh_token_applied_clears_the_failure(pi):
