@@ -448,7 +448,7 @@ def _refresh_token_digest(real):
         return digest(json.load(handle).get("refresh_token"))
 
 
-def keepalive(max_age=None, conf_file="/etc/sasl-xoauth2.conf", timeout=20, user="postfix"):
+def keepalive(max_age=None, conf_file=None, timeout=20, user="postfix"):
     """
     Refresh, as the plugin would, every oauth2 relay's token whose file was
     last refreshed longer ago than the relay's ``oauth2:keepalive_days``
@@ -467,6 +467,8 @@ def keepalive(max_age=None, conf_file="/etc/sasl-xoauth2.conf", timeout=20, user
         salt-call --local postfix_xoauth2.keepalive
         salt-call --local postfix_xoauth2.keepalive max_age=0
     """
+    # the plugin's config (client and endpoint defaults the token file may lack)
+    conf_file = conf_file or __salt__["postfix_relay_settings.xoauth2_paths"]()["conf"]
     results = {}
     for entry in _current_plan():
         limit = float(max_age) if max_age is not None else entry["keepalive_days"] * DAY
