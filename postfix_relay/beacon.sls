@@ -24,7 +24,6 @@ postfix-relay-beacon:
   beacon.present:
     - name: postfix_relay
     - save: true
-    - enable: true
     - interval: {{ b.interval }}
     - deferred_max: {{ b.deferred_max }}
     - age_max: {{ b.age_max }}

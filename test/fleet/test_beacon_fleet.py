@@ -8,6 +8,7 @@ the fleet applies the formula and mails without a word, one host's relay goes
 down and comes back, then another host's password is rotated at the provider.
 """
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -73,6 +74,9 @@ def write_roots(base, relays):
     return files, pillar
 
 
+PILLAR_ROOT = []  # the fleet's pillar root, for the test that changes it
+
+
 @pytest.fixture(scope="module")
 def webhook():
     with Webhook() as hook:
@@ -84,6 +88,7 @@ def beacon_fleet(salt_factories, tmp_path_factory, relays, webhook):
     """The master runs the example reactor on every postfix_relay beacon
     event, the way the README configures it."""
     roots = write_roots(tmp_path_factory.mktemp("beacon-roots"), relays)
+    PILLAR_ROOT.append(roots[1])
     master, hosts, minions = start_fleet(
         salt_factories, tmp_path_factory.mktemp("beacon-hosts"), roots,
         tmp_path_factory.mktemp("beacon-gpg"), IDS, master_id="beacon-master",
@@ -265,3 +270,25 @@ def test_rotated_password_credentials_event_with_the_relays_reply(
     assert beacon_events(event_listener, master, "bcn1", start) == []
     alert = alerts_of(webhook, minion="bcn2", condition="credentials")[0]
     assert "535" in alert["reply"] and alert["fix"] in alert["text"], alert
+
+
+def test_removing_the_beacon_key_removes_the_beacon(beacon_fleet):
+    """An admin turns the alerts off by deleting postfix_relay:beacon and
+    applying postfix_relay: the running minions drop the beacon."""
+    master, _, _ = beacon_fleet
+    defaults = PILLAR_ROOT[0] / "mail" / "defaults.sls"
+    text = defaults.read_text()
+    defaults.write_text(re.sub(r"  beacon:\n(    .*\n)+", "", text))
+    cli = master.salt_cli(timeout=300)
+    assert cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="*").returncode == 0
+    res = cli.run("state.apply", "postfix_relay", minion_tgt="*")
+    for host_id in IDS:
+        states = res.data[host_id]
+        assert isinstance(states, dict), f"{host_id}: {states}"
+        removed = [v for v in states.values() if v["__id__"] == "postfix-relay-beacon"]
+        # (Salt's beacon.absent says so in its comment, with no changes)
+        assert removed and removed[0]["result"] is True, states
+        assert "Removed postfix_relay" in removed[0]["comment"], removed
+    listed = cli.run("beacons.list", "return_yaml=False", minion_tgt="*").data
+    for host_id in IDS:
+        assert "postfix_relay" not in (listed[host_id] or {}), listed[host_id]
