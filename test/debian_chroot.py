@@ -98,7 +98,7 @@ def build(root, suite, hostname, python="python3", packages=(), prepare=None):
     machine's resolver, the host name and the formula."""
     tree = pristine(suite, python, packages, prepare)
     # cp keeps device nodes, owners and hard links; --reflink shares blocks where it can.
-    res = subprocess.run(["cp", "-a", "--reflink=auto", str(tree), str(root)],
+    res = subprocess.run(["cp", "-a", "--one-file-system", "--reflink=auto", str(tree), str(root)],
                          capture_output=True, text=True)
     assert res.returncode == 0, f"copying {tree}: {res.stderr[-2000:]}"
     shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")

@@ -58,7 +58,7 @@ def build(root, suite, hostname, python="python3", packages=()):
     """debian_chroot.build() for arm64: a copy of the cached pristine tree, the
     machine's resolver, the host name, the formula."""
     tree = pristine(suite, python, packages)
-    res = subprocess.run(["cp", "-a", "--reflink=auto", str(tree), str(root)],
+    res = subprocess.run(["cp", "-a", "--one-file-system", "--reflink=auto", str(tree), str(root)],
                          capture_output=True, text=True)
     assert res.returncode == 0, f"copying {tree}: {res.stderr[-2000:]}"
     shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
