@@ -56,6 +56,14 @@ postfix-relay-clean-service:
     - watch:
       - postfix_control: postfix-relay-clean-main-cf
       - postfix_control: postfix-relay-clean-smtpd-listener
+{#- the OAuth2 keep-alive job, its plan and its last outcomes #}
+{%- set ka = salt["postfix_xoauth2.keepalive_paths"]() %}
+{%- for path in [salt["postfix_xoauth2.keepalive_job"]().path, ka.plan, ka.status] %}
+
+postfix-relay-clean-oauth2-keepalive-{{ loop.index }}:
+  file.absent:
+    - name: {{ path }}
+{%- endfor %}
 {%- if not opts.get("local") %}
 
 {#- the beacon, where a running minion has one (not under salt-call --local) #}

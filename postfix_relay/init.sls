@@ -2,6 +2,8 @@
 include:
   - postfix_relay.package
   - postfix_relay.config
+  {#- the daily OAuth2 token keep-alive (removed when no relay uses oauth2) #}
+  - postfix_relay.oauth2_keepalive
   - postfix_relay.service
   {#- the beacon from pillar postfix_relay:beacon; removed when the key goes #}
   - postfix_relay.beacon
