@@ -661,11 +661,21 @@ def _no_duplicates(relays):
         if other is not relay:
             _fail(f"{relay['key']}:host", f"{relay['nexthop']} is already {other['key']}: "
                   "list each relay once")
+    domains = {r["sender"]: r for r in relays if r["role"] == "sender" and r["sasl"]}
     for relay in relays:
+        if relay["role"] != "sender" or relay["sasl"]:
+            continue
         other = seen.get(relay["nexthop"])
-        if relay["role"] == "sender" and not relay["sasl"] and other and other["sasl"]:
-            _fail(f"{relay['key']}:username", f"is missing: {relay['nexthop']} is also "
-                  f"{other['key']}, whose account Postfix would use for this sender")
+        # Postfix looks a sender up as the address, then @domain, then the
+        # relay's host and next hop: the first entry found is the account used
+        broader = domains.get("@" + relay["sender"].rpartition("@")[2])
+        if broader and broader is not relay:
+            other = broader
+        elif not (other and other["sasl"]):
+            continue
+        _fail(f"{relay['key']}:username", f"is missing: Postfix would log in to "
+              f"{relay['nexthop']} with {other['key']}'s account for this sender; give "
+              "it its own username and password")
 
 
 def _tls_mode(relay):

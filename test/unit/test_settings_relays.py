@@ -293,3 +293,17 @@ def test_no_oauth2_relay_left_removes_the_plugins_files():
     assert "/var/spool/postfix/etc/sasl-xoauth2" in result["xoauth2_leftovers"]
     one = {"host": "smtp.office365.com", "username": "u", "oauth2": OAUTH2}
     assert run(relay=one, fallback_relays=None)["xoauth2_leftovers"] == []
+
+
+def test_a_sender_relay_without_account_under_a_domain_pattern_with_one_is_refused():
+    """Postfix looks the sender up as billing@..., then @shop...: the domain's
+    account would go to billing's relay (found by the hostile read)."""
+    message = refused(fallback_relays=None, sender_mode="local", sender_relays={
+        "@shop.example.org": SHOP,
+        "billing@shop.example.org": {"host": "billing.example.net", "tls": "encrypt"}})
+    assert message.startswith(
+        "pillar postfix_relay:sender_relays:billing@shop.example.org:username: is missing"), \
+        message
+    assert "sender_relays:@shop.example.org's account" in message
+    run(fallback_relays=None, sender_mode="local", sender_relays={  # its own account: fine
+        "@shop.example.org": SHOP, "billing@shop.example.org": {**BILLING}})
