@@ -60,8 +60,7 @@ def pytest_xdist_make_scheduler(config, log):
         ordered = False
 
         def _split_scope(self, nodeid):
-            path = nodeid.split("::", 1)[0]
-            return nodeid if path in SPLIT_FILES else path
+            return work_unit(nodeid)
 
         def _assign_work_unit(self, node):
             if not self.ordered:  # the first assignment: the queue is complete
@@ -72,6 +71,12 @@ def pytest_xdist_make_scheduler(config, log):
             super()._assign_work_unit(node)
 
     return LongestFirst(config, log)
+
+
+def work_unit(nodeid):
+    """The scope a test is handed out with: its file, or itself in SPLIT_FILES."""
+    path = nodeid.split("::", 1)[0]
+    return nodeid if path in SPLIT_FILES else path
 
 
 def unit_order(config):
