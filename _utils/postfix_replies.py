@@ -18,11 +18,18 @@ The texts are the providers' own, as users reported them:
   following identities failed the check in region <REGION>: <addresses>``.
 - SendGrid: ``550 The from address does not match a verified Sender
   Identity. Mail cannot be sent until this error is resolved. ...``.
+- Postfix relays (ISPs, self-hosted) with reject_sender_login_mismatch:
+  ``553 5.7.1 <pi@example.org>: Sender address rejected: not owned by user
+  relayuser``.
+- Zoho: ``553 Sender is not allowed to relay emails``.
 """
 
 import re
 
-MICROSOFT_CONSUMER = ("outlook.", "hotmail.", "live.", "msn.com")
+# outlook.com logins, matched as whole domain names: live.contoso.com is a
+# company's domain (Microsoft 365), live.com / live.co.uk are consumer ones.
+_CONSUMER = re.compile(r"^(?:outlook|hotmail|live)\.(?:[a-z]{2,3}|(?:co|com)\.[a-z]{2})$"
+                       r"|^msn\.com$")
 
 # (provider, pattern), first match wins; SendAsDenied is told apart below
 # (Microsoft 365 or outlook.com, by the login the reply names).
@@ -33,7 +40,11 @@ SEND_AS = [
     ("Amazon SES", re.compile(r"Email address is not verified\.\s+The following identities "
                               r"failed the check", re.I)),
     ("SendGrid", re.compile(r"does not match a verified Sender Identity", re.I)),
+    ("Postfix (reject_sender_login_mismatch)",
+     re.compile(r"Sender address rejected: not owned by user", re.I)),
+    ("Zoho", re.compile(r"Sender is not allowed to relay emails", re.I)),
 ]
+_OWNER = re.compile(r"not owned by user (?P<login>\S+)", re.I)
 # Postfix's log: "host h[a] said: 550 5.7.60 text (in reply to end of DATA command)"
 _SAID = re.compile(r"said:\s*(?P<rest>.*)$", re.S)
 _CODE = re.compile(r"^(?P<code>[245]\d\d)[ -](?:(?P<dsn>[245]\.\d{1,3}\.\d{1,3})\s)?")
@@ -82,7 +93,7 @@ def _microsoft(reply, relay_host):
     denied = _DENIED.search(reply)
     login = denied.group("login") if denied else None
     domain = (login or "").rpartition("@")[2].lower()
-    consumer = domain.startswith(MICROSOFT_CONSUMER) or \
+    consumer = bool(_CONSUMER.match(domain)) or \
         (relay_host or "").lower().startswith("smtp-mail.outlook.com")
     return ("outlook.com" if consumer else "Microsoft 365"), login
 
@@ -102,6 +113,12 @@ def _provider_fix(provider, sender, login, region):
                       + " (identities are per region)",
         "SendGrid": f"verify {sender} as a Single Sender or authenticate its domain in "
                     "SendGrid (Settings > Sender Authentication)",
+        "Postfix (reject_sender_login_mismatch)":
+            f"the relay's smtpd_sender_login_maps must list {sender} for the login "
+            f"{login or '<the relay account>'} (ask the relay's admin), or send as an "
+            "address that login owns",
+        "Zoho": f"add {sender} as a From address of the Zoho account (Mail Settings > "
+                "Send Mail As) or as an alias of it, or send as the account's own address",
     }[provider]
 
 
@@ -140,6 +157,8 @@ def classify(reply, sender=None, relay_key=None, relay_host=None):
     login = None
     if provider.startswith("Microsoft (") or provider == "Microsoft 365":
         provider, login = _microsoft(split["text"], relay_host)
+    owner = _OWNER.search(split["text"])
+    login = login or (owner and owner.group("login"))
     region = _REGION.search(split["text"])
     shown = f"<{sender}>" if sender else "the sender"
     said = short(split["text"])

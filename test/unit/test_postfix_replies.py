@@ -27,6 +27,12 @@ def test_a_logged_refusal_is_split_and_named():
     ("pi.owner@hotmail.co.uk", None, "outlook.com"),
     ("relay@contoso.com", "smtp.office365.com", "Microsoft 365"),
     ("relay@contoso.com", "smtp-mail.outlook.com", "outlook.com"),
+    ("pi.owner@live.co.uk", None, "outlook.com"),
+    ("pi.owner@msn.com", None, "outlook.com"),
+    # a company domain that starts with live. or outlook. is Microsoft 365
+    ("ops@live.contoso.com", "smtp.office365.com", "Microsoft 365"),
+    ("ops@outlook.contoso.com", None, "Microsoft 365"),
+    ("ops@msn.com.contoso.com", None, "Microsoft 365"),
 ])
 def test_sendasdenied_tells_outlook_com_from_microsoft_365(login, relay_host, provider):
     reply = (f"554 5.2.252 SendAsDenied; {login} not allowed to send as pi@example.org; "
@@ -75,3 +81,25 @@ def test_the_older_sendasdenied_form_names_no_login():
     assert found["provider"] == "Microsoft 365" and found["dsn"] == "5.2.0"
     assert "-Trustee <the relay account>" in found["fix"]
     assert "0.35250" not in found["cause"]
+
+
+def test_postfix_sender_login_mismatch_is_a_send_as_refusal():
+    # a Postfix relay (ISP, self-hosted) with reject_sender_login_mismatch
+    logged = ("host mail.isp.example[192.0.2.7] said: 553 5.7.1 <pi@example.org>: Sender "
+              "address rejected: not owned by user relayuser (in reply to RCPT TO command)")
+    found = replies.classify(logged, sender="pi@example.org", relay_key="relay")
+    assert found["kind"] == "send_as"
+    assert (found["provider"], found["code"], found["dsn"], found["stage"]) == \
+        ("Postfix (reject_sender_login_mismatch)", 553, "5.7.1", "RCPT")
+    assert "smtpd_sender_login_maps must list pi@example.org for the login relayuser" \
+        in found["fix"]
+    assert "set postfix_relay:sender" in found["fix"]
+
+
+def test_zoho_refusal_is_a_send_as_refusal():
+    found = replies.classify("553 Sender is not allowed to relay emails",
+                             sender="billing@example.org",
+                             relay_key="sender_relays:billing@example.org")
+    assert (found["provider"], found["code"], found["temporary"]) == ("Zoho", 553, False)
+    assert "Send Mail As" in found["fix"]
+    assert found["fix"].startswith("give sender_relays:billing@example.org the account")
