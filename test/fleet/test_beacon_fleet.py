@@ -3,14 +3,19 @@ The postfix_relay beacon on a real fleet: a salt-master and two salt-minions,
 each minion its own host with its own Postfix and its own relay account on
 its own test relay. The master's event bus is watched through salt-factories'
 event listener; the example reactor (examples/reactor/postfix_relay_alert.sls)
-runs on the master and posts each alert to a test webhook. Tests run in order:
+runs on the master and posts each alert to a test webhook through the
+formula's runner (_runners/postfix_relay_alert.py), which keeps the webhook's
+URL and headers off the master's event bus. Tests run in order:
 the fleet applies the formula and mails without a word, one host's relay goes
 down and comes back, then another host's password is rotated at the provider.
 """
 
 import re
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+import pathlib
 
 import pytest
 from conftest import REPO, start_fleet
@@ -28,6 +33,11 @@ FAST_RETRY = {"queue_run_delay": "1s", "minimal_backoff_time": "1s",
               "maximal_backoff_time": "2s"}
 REACTOR = REPO / "examples" / "reactor" / "postfix_relay_alert.sls"
 DOWN = ("deferred", "unreachable")
+# A chat webhook's URL is its secret (Slack: /services/T…/B…/<token>), as is a
+# header token: neither may show on the master's event bus or in its cache.
+HOOK_TOKEN = secrets.token_hex(12)
+HEADER_TOKEN = secrets.token_hex(12)
+STARTS = {}  # when the first alert's test began: the reactor test looks from there
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +62,7 @@ def write_roots(base, relays):
     its shortest interval, each host its own relay port and account."""
     files = base / "salt"
     files.mkdir()
-    for name in ("postfix_relay", "_modules", "_states", "_utils", "_beacons"):
+    for name in ("postfix_relay", "_modules", "_states", "_utils", "_beacons", "_runners"):
         (files / name).symlink_to(REPO / name)
     pillar = base / "pillar"
     (pillar / "mail").mkdir(parents=True)
@@ -79,7 +89,7 @@ PILLAR_ROOT = []  # the fleet's pillar root, for the test that changes it
 
 @pytest.fixture(scope="module")
 def webhook():
-    with Webhook() as hook:
+    with Webhook(path=f"/services/T000/B000/{HOOK_TOKEN}") as hook:
         yield hook
 
 
@@ -95,12 +105,17 @@ def beacon_fleet(salt_factories, tmp_path_factory, relays, webhook):
         master_overrides={
             "reactor": [{"salt/beacon/*/postfix_relay/*": [str(REACTOR)]}],
             "postfix_relay_alert_url": webhook.url,
+            "postfix_relay_alert_headers": {"X-Alert-Token": HEADER_TOKEN},
         },
         # Salt's default: the minion runs beacons once a second and counts
         # their intervals in loop_intervals; salt-factories' 0.05 would make
         # a 10 s beacon interval 200 s.
         minion_overrides={"loop_interval": 1})
     with master.started(start_timeout=120), ThreadPoolExecutor(len(IDS)) as pool:
+        # As the README says: the master loads the formula's runner from its
+        # file_roots (_runners) once synced.
+        synced = master.salt_run_cli(timeout=120).run("saltutil.sync_runners")
+        assert "runners.postfix_relay_alert" in (synced.data or []), synced.stdout + synced.stderr
         # The hosts start and stop side by side: the suite runs in every ./run-tests.
         starts = [pool.submit(minion.start, start_timeout=120) for minion in minions.values()]
         try:
@@ -164,6 +179,30 @@ def alerts_of(webhook, count=1, **fields):
     return [post["json"] for post in posts]
 
 
+def assert_webhook_kept_off_the_bus(listener, master, after):
+    """Every event on the master's bus since after: the runner's jobs are
+    there (so the search below sees job arguments), and none carries the
+    webhook's URL token or header token; nor does any file in the master's
+    cachedir (the job cache)."""
+    deadline = time.monotonic() + 10
+    while True:
+        events = listener.get_events([(master.id, "*")], after_time=after)
+        runs = [e for e in events if e.tag.startswith("salt/run/") and e.tag.endswith("/new")
+                and e.data.get("fun") == "runner.postfix_relay_alert.post"]
+        if runs or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert runs, f"no postfix_relay_alert.post job on the bus: {[e.tag for e in events]}"
+    assert any("minion" in repr(e.data.get("fun_args")) for e in runs), runs[0].data
+    leaks = [(e.tag, e.full_data) for e in events
+             if HOOK_TOKEN in e.tag + repr(e.full_data) or HEADER_TOKEN in repr(e.full_data)]
+    assert not leaks, leaks
+    cached = [path for path in pathlib.Path(master.config["cachedir"]).rglob("*")
+              if path.is_file() and (HOOK_TOKEN.encode() in path.read_bytes()
+                                     or HEADER_TOKEN.encode() in path.read_bytes())]
+    assert not cached, cached
+
+
 def assert_no_secret(*texts):
     for text in texts:
         for password in PASSWORDS.values():
@@ -203,7 +242,7 @@ def test_healthy_hosts_say_nothing(beacon_fleet, relays, event_listener):
 
 def test_relay_down_one_event_from_that_host_only(beacon_fleet, relays, event_listener):
     master, _, _ = beacon_fleet
-    start = time.time()
+    start = STARTS["down"] = time.time()
     relays["bcn1"].stop()
     send_mail(master, "bcn1", "while-bcn1-relay-down")
     send_mail(master, "bcn2", "bcn2-still-fine")
@@ -225,8 +264,16 @@ def test_relay_down_one_event_from_that_host_only(beacon_fleet, relays, event_li
     assert deferred_on(master, "bcn1"), "the mail is still queued on bcn1"
 
 
-def test_reactor_posts_the_alert_while_mail_cannot_leave(beacon_fleet, relays, webhook):
-    alert = alerts_of(webhook, minion="bcn1")[0]
+def test_reactor_posts_the_alert_while_mail_cannot_leave(beacon_fleet, relays, webhook,
+                                                         event_listener):
+    master, _, _ = beacon_fleet
+    post = webhook.wait_for(1, timeout=30,
+                            match=lambda p: (p["json"] or {}).get("minion") == "bcn1")[0]
+    # To the configured URL, with the configured header: the runner read both
+    # from the master's config.
+    assert post["path"] == f"/services/T000/B000/{HOOK_TOKEN}", post["path"]
+    assert post["headers"].get("X-Alert-Token") == HEADER_TOKEN, post["headers"]
+    alert = post["json"]
     assert alert["condition"] in DOWN, alert
     assert alert["deferred"] >= 1 and alert["cause"] and alert["fix"], alert
     assert "bcn1" in alert["text"] and alert["cause"] in alert["text"], alert
@@ -234,6 +281,7 @@ def test_reactor_posts_the_alert_while_mail_cannot_leave(beacon_fleet, relays, w
         "the alert came while bcn1's mail could not leave"
     assert not [p for p in webhook.posts if (p["json"] or {}).get("minion") == "bcn2"]
     assert_no_secret(*(p["body"] for p in webhook.posts))
+    assert_webhook_kept_off_the_bus(event_listener, master, STARTS["down"])
 
 
 def test_relay_back_queue_drained_recovered(beacon_fleet, relays, event_listener, webhook):
@@ -248,6 +296,7 @@ def test_relay_back_queue_drained_recovered(beacon_fleet, relays, event_listener
     assert beacon_events(event_listener, master, "bcn2", start) == []
     alert = alerts_of(webhook, minion="bcn1", condition="recovered")[0]
     assert alert["recovered"] == event.data["recovered"] and alert["deferred"] == 0, alert
+    assert_webhook_kept_off_the_bus(event_listener, master, start)
 
 
 def test_rotated_password_credentials_event_with_the_relays_reply(
@@ -270,6 +319,7 @@ def test_rotated_password_credentials_event_with_the_relays_reply(
     assert beacon_events(event_listener, master, "bcn1", start) == []
     alert = alerts_of(webhook, minion="bcn2", condition="credentials")[0]
     assert "535" in alert["reply"] and alert["fix"] in alert["text"], alert
+    assert_webhook_kept_off_the_bus(event_listener, master, start)
 
 
 def test_removing_the_beacon_key_removes_the_beacon(beacon_fleet):
