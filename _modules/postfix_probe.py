@@ -35,10 +35,12 @@ def _policy_maps(config_dir):
 def tls_policy(nexthop, mx=False, policy_maps=None, config_dir="/etc/postfix"):
     """
     The entry smtp_tls_policy_maps (``policy_maps``, default: main.cf's) holds
-    for ``nexthop`` (the destination as relayhost writes it; with ``mx``, a
-    destination looked up by MX, its domain's entry too), as ``{"level",
-    "match", "key"}``; None when there is none (the global
-    smtp_tls_security_level applies).
+    for ``nexthop`` (the destination as relayhost writes it), looked up as
+    Postfix does (``postfix_tls.policy_keys``: with brackets or a port only
+    the next hop as written; a bare domain, then its parents ".example.com"),
+    as ``{"level", "match", "key"}``; None when there is none (the global
+    smtp_tls_security_level applies). ``mx`` is accepted for older callers:
+    the next hop's form alone decides the keys.
 
     CLI Example:
 
@@ -46,15 +48,15 @@ def tls_policy(nexthop, mx=False, policy_maps=None, config_dir="/etc/postfix"):
 
         salt-call postfix_probe.tls_policy '[smtp.example.net]:587'
     """
+    del mx  # Postfix's keys depend on how the next hop is written, not on MX
     if policy_maps is None:
         policy_maps = _policy_maps(config_dir)
-    keys = [nexthop.lower()]
-    if mx:
-        keys.append(nexthop.lower().rsplit(":", 1)[0])  # a domain's policy covers its MX hosts
-    for spec in re.split(r"[\s,]+", policy_maps.strip()):
-        map_type, _, path = spec.partition(":")
-        for key in keys if path else []:
-            value = __salt__["postmap.query"](path, key, map_type, config_dir)
+    specs = [spec.partition(":") for spec in re.split(r"[\s,]+", policy_maps.strip())]
+    # maps_find: every table for a key before the next (parent) key
+    for key in __utils__["postfix_tls.policy_keys"](nexthop):
+        for map_type, _, path in specs:
+            value = __salt__["postmap.query"](path, key, map_type, config_dir) \
+                if path else None
             if value:
                 words = value.split()
                 attrs = dict(w.split("=", 1) for w in words[1:] if "=" in w)
@@ -130,7 +132,8 @@ def relay(entry, conf, timeout=10, config_dir="/etc/postfix", envelope=True):
         trusted = _session_tls(result, conf, smtp, tls, timeout, helo)
         if sasl:
             __salt__["postfix_probe_auth.check"](result, entry, conf, smtp, trusted, config_dir)
-        if envelope:  # the sender and recipient Postfix would send, without a message
+        closed = result.pop("session_closed", False)  # the relay hung up during AUTH
+        if envelope and not closed:  # the sender and recipient Postfix would send, no message
             __salt__["postfix_probe_envelope.check"](result, entry, conf, smtp, sasl,
                                                      config_dir)
     result["ok"] = not result.get("diagnosis")

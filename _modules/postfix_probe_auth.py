@@ -39,12 +39,38 @@ def _specs(conf):
     return [(spec,) + tuple(spec.partition(":")[::2]) for spec in specs if spec]
 
 
-def keys_for(relay):
+def address_keys(address, delimiter=""):
+    """
+    The keys Postfix's address lookups (mail_addr_find) try for ``address``,
+    in order: the full address, the address without its extension (cut at
+    the first recipient_delimiter character, as split_addr does), then
+    @domain. A pattern ("@domain") is its own only key.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_probe_auth.address_keys billing+june@example.org +
+    """
+    address = (address or "").lower()
+    if not address:
+        return []
+    local, _, domain = address.rpartition("@")
+    keys = [address]
+    cut = next((i for i, char in enumerate(local) if char in (delimiter or "")), None)
+    if cut and local not in ("postmaster", "mailer-daemon"):
+        keys.append(f"{local[:cut]}@{domain}")
+    if local:
+        keys.append("@" + domain)
+    return list(dict.fromkeys(keys))
+
+
+def keys_for(relay, delimiter=""):
     """
     The keys Postfix's smtp client looks up for a relay, in its order: with
-    a sender relay the sender pattern first (smtp_sender_dependent_authentication
-    searches the sender address, which reaches the pattern), then the remote
-    host name, then the next hop as written.
+    a sender relay the sender's keys first (smtp_sender_dependent_authentication
+    searches the sender address: full, without extension, @domain), then the
+    remote host name, then the next hop as written.
 
     CLI Example:
 
@@ -52,7 +78,7 @@ def keys_for(relay):
 
         salt-call postfix_probe_auth.keys_for '{"host": "h", "nexthop": "[h]:587"}'
     """
-    keys = [relay["sender"].lower()] if relay.get("sender") else []
+    keys = address_keys(relay.get("sender"), delimiter)
     for key in (relay["host"].lower(), relay["nexthop"].lower()):
         if key not in keys:
             keys.append(key)
@@ -60,14 +86,15 @@ def keys_for(relay):
 
 
 def _lookup(relay, conf, config_dir):
-    """(what was found, the secret): the first key that answers."""
+    """(what was found, the secret): the first key that answers. Postfix
+    (maps_find) asks every table for a key before it tries the next key."""
     found = {"table": conf.get("smtp_sasl_password_maps") or "", "keys_tried": [],
              "key": None, "username": None}
-    for _, map_type, path in _specs(conf):
-        for key in keys_for(relay):
-            found["keys_tried"].append(key)
-            value = __salt__["postmap.query"](path, key, map_type, config_dir) \
-                if path else None
+    tables = [(map_type, path) for _, map_type, path in _specs(conf) if path]
+    for key in keys_for(relay, conf.get("recipient_delimiter") or ""):
+        found["keys_tried"].append(key)
+        for map_type, path in tables:
+            value = __salt__["postmap.query"](path, key, map_type, config_dir)
             if value is not None:
                 user, _, secret = value.partition(":")
                 found.update(key=key, username=user)
@@ -132,7 +159,8 @@ def near_keys(result, relay, conf, config_dir="/etc/postfix"):
             __salt__["postfix_maincf.read_file"](path) or "",
             __salt__["postmap.folds_utf8"](config_dir))]
         near = [k for k in keys if relay["host"].lower() in k.lower()]
-        tried = " or ".join(repr(k) for k in keys_for(relay))
+        tried = " or ".join(repr(k) for k in keys_for(relay,
+                                                        conf.get("recipient_delimiter")))
         _diag(result, f"no entry in {spec} for {tried} "
               f"(the keys Postfix looks up){': found ' + ', '.join(near) if near else ''}",
               _key_fix(relay))
@@ -223,7 +251,13 @@ def check(result, relay, conf, smtp, trusted, config_dir="/etc/postfix"):  # noq
 def _auth(result, smtp, mechanism, username, secret):
     check_ = _try_auth(smtp, mechanism, username, secret)
     result["credentials"].update(checked=True, **check_)
-    if not check_["accepted"]:
+    if check_["code"] == 0:
+        result["session_closed"] = True  # nothing more can be asked in this session
+        _diag(result, f"the relay closed the connection during AUTH {mechanism} "
+              f"({check_['reply']})", "check the relay's log for this login (some relays "
+              f"drop a refused login), then {result.get('key') or 'relay'}:username / "
+              "password")
+    elif not check_["accepted"]:
         _diag(result, f"the relay rejects the credentials ({check_['code']} {check_['reply']})",
               f"fix {result.get('key') or 'relay'}:username / password in the pillar "
               "and re-apply")
@@ -238,6 +272,10 @@ def _try_auth(smtp, mechanism, username, secret):
         code, reply = smtp.auth(mechanism, method, initial_response_ok=True)
     except smtplib.SMTPAuthenticationError as exc:
         code, reply = exc.smtp_code, exc.smtp_error
+    except (smtplib.SMTPException, OSError) as exc:
+        # the relay dropped the session during AUTH: this relay's finding,
+        # not an error that stops the probe of the others
+        code, reply = 0, f"the session ended during AUTH: {exc.__class__.__name__}"
     finally:
         smtp.user = smtp.password = None
     text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)

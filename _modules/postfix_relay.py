@@ -35,6 +35,7 @@ CONF_NAMES = [
     "smtp_sender_dependent_authentication", "maillog_file", "myhostname", "mail_version",
     "mail_owner", "smtp_tls_fingerprint_digest", "smtp_tls_fingerprint_cert_match",
     "smtp_fallback_relay", "smtp_tls_policy_maps", "sender_dependent_relayhost_maps",
+    "recipient_delimiter",
 ]
 PILLAR_ROOT = "postfix_relay"
 
@@ -150,9 +151,11 @@ def _to_probe(conf, relay, config_dir):
     """(the relays to probe, where they come from, problems with main.cf)."""
     found = relays(config_dir)
     entries, problems = found["relays"], {}
-    if relay:  # one destination: the configured relay it names, else itself
-        named = [e for e in entries if e["nexthop"].lower() == relay.strip().lower()]
-        return (named[:1] or [_entry("relay", "primary", relay.strip())]), found, problems
+    if relay:  # a pillar key, or a destination: every configured relay on it, else itself
+        wanted = relay.strip().lower()
+        named = [e for e in entries if e["key"].lower() == wanted] or \
+            [e for e in entries if e["nexthop"].lower() == wanted]  # one account each
+        return (named or [_entry("relay", "primary", relay.strip())]), found, problems
     if found.get("pillar_error"):
         _diag(problems, found["pillar_error"], "salt-call postfix_relay_settings.get")
     live = [d.lower() for d in _destinations(conf["relayhost"]) +
@@ -177,7 +180,9 @@ def probe(relay=None, timeout=10, config_dir="/etc/postfix", envelope=True):
     without sending a message, whether it accepts the envelope Postfix would
     send (``envelope``: MAIL FROM the rewritten sender, or a sender relay's
     address, and RCPT TO the recipient; a send-as refusal named; not with
-    ``envelope=False``).
+    ``envelope=False``). ``relay`` may also be a pillar key (``sender_relays:billing@example.org``);
+    a destination several relays share (one provider, one account per
+    sender) probes each of them with its own account.
 
     ``relays`` holds one entry per relay (``key``, ``role``, ``sender`` and
     the fields above); the top level holds the primary's fields, ``ok``
@@ -279,7 +284,8 @@ def verify(recipient=None, timeout=60, config_dir="/etc/postfix", sender=None):
     if conf["smtp_sasl_auth_enable"] == "yes":
         try:
             # the mail itself tested the envelope: no second MAIL FROM at the relay
-            result["mechanism"] = probe(relay=used and used["nexthop"], config_dir=config_dir,
+            # by its key: relays sharing a next hop differ in their account
+            result["mechanism"] = probe(relay=used and used["key"], config_dir=config_dir,
                                         envelope=False).get("negotiated_mechanism")
         except Exception as exc:  # pylint: disable=broad-except
             result["mechanism"] = None
@@ -357,27 +363,47 @@ def _refused(result, found, used):
     _diag(result, f"the mail was {status}: {named['cause']}", named["fix"])
 
 
-def expected_relays(entries, sender):
+def expected_relays(entries, sender, delimiter=""):
     """
     The relays configured for mail from ``sender`` (the envelope sender as
     queued), as sender_dependent_relayhost_maps decides: the sender relay
-    whose pattern is the exact address, else its @domain; else the primary
-    and fallbacks.
+    whose pattern is the full address, else the address without its
+    extension (``delimiter``: main.cf's recipient_delimiter), else its
+    @domain; else the primary and fallbacks.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-call postfix_relay.expected_relays "$(salt-call --out=json postfix_relay.relays)" \
-            billing@example.org
+            billing+june@example.org delimiter=+
     """
-    sender = (sender or "").lower()
     patterns = {(e.get("sender") or "").lower(): e for e in entries if e.get("role") == "sender"}
-    domain = "@" + sender.rpartition("@")[2] if "@" in sender else None
-    for pattern in (sender, domain):
-        if pattern and pattern in patterns:
+    for pattern in __salt__["postfix_probe_auth.address_keys"](sender, delimiter):
+        if pattern in patterns:
             return [patterns[pattern]]
     return [e for e in entries if e.get("role") != "sender"]
+
+
+def _matching_field(entries, field, expected):
+    """The configured relays the relay= field names (host and port), those
+    configured for the sender first: one provider may carry several
+    accounts (relays) on one host:port."""
+    if not field:
+        return []
+    names = (field["name"].lower(), field["address"].lower())
+    same = [e for e in entries if e["port"] == field["port"] and e["host"].lower() in names]
+    return [e for e in same if e in expected] + [e for e in same if e not in expected]
+
+
+def _shared_note(matching, field, as_expected):
+    """Several relays on one host:port: the log cannot tell the account."""
+    note = (f"{', '.join(e['key'] for e in matching)} share {field['name']}:{field['port']}: "
+            "the log names the host, not the account, so it cannot tell which of their "
+            "accounts sent the mail")
+    if as_expected:
+        note += f"; {matching[0]['key']} is the one configured for this sender"
+    return note
 
 
 def _which_relay(result, found, sender, config_dir):
@@ -385,12 +411,15 @@ def _which_relay(result, found, sender, config_dir):
     whether it is one configured for its sender; the relay used, or None."""
     field = __salt__["postfix_log.relay_field"](found["relay"])
     entries = relays(config_dir)["relays"]
-    expected = expected_relays(entries, found.get("sender") or sender)
+    delimiter = config(config_dir).get("recipient_delimiter") or ""
+    expected = expected_relays(entries, found.get("sender") or sender, delimiter)
     result["relay_expected"] = [e["key"] for e in expected]
-    used = next((e for e in entries if field and e["port"] == field["port"] and
-                 e["host"].lower() in (field["name"].lower(), field["address"].lower())), None)
+    matching = _matching_field(entries, field, expected)
+    used = matching[0] if matching else None
     result["relay_used"] = used and {"key": used["key"], "role": used["role"],
                                      "nexthop": used["nexthop"]}
+    if len(matching) > 1:
+        result["relay_note"] = _shared_note(matching, field, used in expected)
     if not field or found.get("status") != "sent":
         result["relay_as_configured"] = None  # not delivered over SMTP: nothing to judge
     elif used is None and any(e.get("mx") for e in expected):

@@ -16,6 +16,27 @@ VERIFYING_LEVELS = ("verify", "secure", "fingerprint")
 DANE_LEVELS = ("dane", "dane-only")
 
 
+_HOSTNAME = re.compile(r"^(?=.*[a-z_-])[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?$", re.I)
+
+
+def policy_keys(nexthop):
+    """The keys Postfix's smtp client looks up in smtp_tls_policy_maps for a
+    next hop, in order (smtp_tls_policy.c, tls_policy_lookup: "Only one
+    lookup with [nexthop]:port, [nexthop] or nexthop:port ... Parent domain
+    matching applies only to sub-domains of the recipient domain"): a next
+    hop with brackets, a port or a numeric address is looked up exactly as
+    written; a bare domain, then each parent as ".parent" (the loop retries
+    with strchr(site_name + 1, '.') while nothing is found)."""
+    name = (nexthop or "").strip().lower()
+    if not _HOSTNAME.match(name):  # valid_hostname() refuses it: one lookup
+        return [name] if name else []
+    keys = [name]
+    while "." in name[1:]:
+        name = name[name.index(".", 1):]
+        keys.append(name)
+    return keys
+
+
 def banner_first(host, port, wait):
     """True when the server speaks first in plain text (a STARTTLS/plain port),
     False when it waits silently for a TLS ClientHello (an implicit-TLS port)."""
