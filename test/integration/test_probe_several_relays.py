@@ -203,3 +203,37 @@ def test_probe_checks_each_relay_at_its_own_tls_level(applier, tmp_path):
     # never sent the password to a certificate Postfix would refuse
     assert refused["credentials"]["checked"] is False
     assert not fallback.auth_attempts
+
+
+def test_verify_names_the_sender_account_on_a_shared_relay(applier, tmp_path):
+    """One provider, one account per sender (issue 14 review 2 and 4): the
+    sender relay of billing@example.org is the primary's host and port.
+    Postfix sends billing's mail, and billing+june's (recipient_delimiter +),
+    with billing's account; verify names sender_relays:billing@example.org
+    as the relay used, as configured, and says the log cannot tell the
+    accounts apart; probe of that next hop checks both accounts."""
+    shared = start_relay(tmp_path, "shared", {USER: PASSWORD, BILLING[0]: BILLING[1]})
+    try:
+        apply_ok(applier, applier.pillar(
+            relay={"port": shared.port}, sender_mode="local",
+            main_cf={"recipient_delimiter": "+"},
+            sender_relays={"billing@example.org": entry(shared, BILLING)}))
+        code, sent = call(applier, "postfix_relay.verify", "sender=billing@example.org",
+                          "timeout=30")
+        june_code, june = call(applier, "postfix_relay.verify",
+                               "sender=billing+june@example.org", "timeout=30")
+        _, probed = call(applier, "postfix_relay.probe", f"relay=[127.0.0.1]:{shared.port}")
+    finally:
+        shared.stop()
+    assert [(m["mail_from"], m["auth_user"]) for m in shared.messages] == \
+        [("billing@example.org", BILLING[0]), ("billing+june@example.org", BILLING[0])]
+    for code_, data in ((code, sent), (june_code, june)):
+        assert code_ == 0 and data["ok"] is True, data
+        assert data["relay_used"]["key"] == "sender_relays:billing@example.org"
+        assert data["relay_expected"] == ["sender_relays:billing@example.org"]
+        assert data["relay_as_configured"] is True
+        assert "cannot tell which of their accounts" in data["relay_note"]
+    assert [r["key"] for r in probed["relays"]] == \
+        ["relay", "sender_relays:billing@example.org"], probed
+    assert [r["credentials"]["username"] for r in probed["relays"]] == [USER, BILLING[0]]
+    assert probed["ok"] is True, probed.get("diagnosis")
