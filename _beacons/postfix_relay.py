@@ -37,7 +37,7 @@ SALT_KEYS = {"interval", "disable_during_state_run", "beacon_module", "run_once"
 
 
 def __virtual__():
-    if "postfix_watch.interval" not in __salt__:
+    if "postfix_watch.evaluate" not in __salt__:
         return False, "postfix_relay beacon: the formula's modules are not synced " \
                       "(salt-call saltutil.sync_all)"
     return __virtualname__
@@ -78,11 +78,32 @@ def validate(config):
 
 def beacon(config):
     """
-    The events of this interval (usually none): one per condition that
-    appeared, changed its cause, or cleared (``recovered``).
+    The events of this interval (usually none): one per (condition, relay)
+    that appeared, changed its cause, or cleared (``recovered``). The state
+    (log position, conditions) is the beacon's own: loaded and saved here
+    only, never by a CLI function.
     """
     settings = _settings(config)
-    events = __salt__["postfix_watch.interval"](settings)
-    for event in events:
+    watch = __salt__
+    state = watch["postfix_watch.load_state"]()
+    out = watch["postfix_watch.evaluate"](state, settings)
+    _metrics(settings.get("metrics_textfile"), out["facts"], state)
+    watch["postfix_watch.save_state"](state)
+    for event in out["events"]:
         log.info("postfix_relay beacon: %s (%s)", event["condition"], event.get("relay"))
-    return events
+    return out["events"]
+
+
+def _metrics(path, facts, state):
+    """Write the textfile and remember where (clean removes it later, when
+    the pillar may be gone); a textfile no longer configured is removed, so
+    node_exporter stops exporting its last values."""
+    old = state.get("metrics_textfile")
+    if old and old != path:
+        try:
+            os.unlink(old)
+        except FileNotFoundError:
+            pass
+    state["metrics_textfile"] = path
+    if path:
+        __salt__["postfix_watch.write_metrics"](path, facts, state)

@@ -20,6 +20,8 @@ import os
 import re
 import time
 
+from salt.exceptions import CommandExecutionError
+
 __virtualname__ = "postfix_watch"
 
 CONDITIONS = ("deferred", "age", "credentials", "tls", "unreachable", "oauth2")
@@ -33,6 +35,9 @@ MAX_READ = 8 * 1024 * 1024
 _CLIENT = re.compile(r"postfix[^/\s]*/(?:smtp|lmtp|error)\[(?P<pid>\d+)\]: ")
 _STATUS = re.compile(r"relay=(?P<relay>[^,\s]+), .*?status=(?P<status>\w+) "
                      r"\((?P<reply>.*)\)\s*$")
+_SUSPENDED = re.compile(r"^\s*delivery temporarily suspended:\s*", re.I)
+_SMTP_CODE = re.compile(r"\b([45]\d\d)[ -](?:([45]\.\d{1,3}\.\d{1,3})\b)?")
+_OAUTH2_CODE = re.compile(r"\b(invalid_grant|invalid_client|unauthorized_client)\b")
 _NAMADDR = re.compile(r"(?P<name>[^\s\[\](),;:]+)\[(?P<addr>[^\]]+)\](?::(?P<port>\d+))?")
 _PATTERNS = (
     ("oauth2", re.compile(r"invalid_grant|invalid_client|unauthorized_client|AADSTS\d+|"
@@ -175,6 +180,9 @@ def classify(line, xoauth2=False):
         return {"sent": relay, "pid": client.group("pid")} \
             if relay not in ("none", "local") else None
     reply = status.group("reply") if status else text
+    # Postfix words a failure twice: as it happens, and for the messages the
+    # site is then marked dead for ("delivery temporarily suspended: ...")
+    reply = _SUSPENDED.sub("", reply)
     for condition, pattern in _PATTERNS:
         if pattern.search(reply):
             if xoauth2 and condition == "credentials" and "cannot authenticate" in reply:
@@ -374,56 +382,114 @@ def _uses_xoauth2(cache):
     return cache["xoauth2"]
 
 
-def _delivered(active, found, failed_pids, seen):
-    """A delivery through the failing relay clears its condition. One through
-    another relay supersedes it (cleared once nothing waits: the relay is no
-    longer used), unless the same smtp process failed on it just before
-    (a fallback relay carries the mail: the failing relay still fails)."""
-    for name in [c for c in LOG_CONDITIONS if c in active]:
-        if same_relay(active[name].get("relay"), found["sent"]):
-            del active[name]
-            seen.discard(name)
-        elif found["pid"] not in failed_pids.get(name, ()):
-            active[name]["superseded"] = True
+# Active conditions are keyed by condition and relay ("unreachable@host:port";
+# "deferred" and "age" are the queue's): two failing relays are two
+# conditions, each with its own event, and a delivery clears only its relay's.
+
+def _relay_id(relay):
+    name, port = _key_part(relay)
+    return f"{name}:{port}" if port else name
 
 
-def observe(state, lines, now):
+def condition_key(active, condition, relay):
+    """The key of ``condition`` for ``relay`` in ``active``: the existing
+    one for the same relay (a log line may name it without its port), else
+    a new one."""
+    for key, entry in active.items():
+        if entry.get("condition") == condition and (
+                same_relay(entry.get("relay"), relay) or not (entry.get("relay") or relay)):
+            return key
+    return f"{condition}@{_relay_id(relay)}"
+
+
+def _code(condition, reply, old=None):
+    """What distinguishes one cause from another for the same relay: the
+    SMTP code for credentials (535 5.7.8 vs 535 5.7.139), the OAuth2 error
+    code; never free text (a relay words one failure many ways). A line that
+    names no code keeps the one known (the plugin's "generic failure" after
+    the keep-alive's invalid_grant is the same revoked token)."""
+    match = None
+    if condition == "credentials":
+        match = _SMTP_CODE.search(reply or "")
+        found = " ".join(part for part in match.groups() if part) if match else None
+    elif condition == "oauth2":
+        match = _OAUTH2_CODE.search(reply or "")
+        found = match.group(1) if match else None
+    else:
+        return ""
+    return found or (old or {}).get("code") or ""
+
+
+def _set_failure(active, condition, relay, reply, now):
+    """Record a log or keep-alive failure; returns its key."""
+    key = condition_key(active, condition, relay)
+    old = active.get(key)
+    cause, fix = cause_fix(condition, reply, relay)
+    code = _code(condition, reply, old)
+    active[key] = {"condition": condition, "relay": relay or (old or {}).get("relay"),
+                   "reply": reply, "cause": cause, "fix": fix, "code": code,
+                   "since": (old or {}).get("since", now),
+                   "fingerprint": f"{key}:{code}"}
+    return key
+
+
+def _configured(cache):
+    """The relays the pillar (or main.cf) names now, as [host]:port strings;
+    None when they cannot be read (then every relay counts as configured)."""
+    if "configured" not in cache:
+        try:
+            entries = __salt__["postfix_relay.relays"]()["relays"]
+            cache["configured"] = [f"[{e['host']}]:{e['port']}" for e in entries]
+        except Exception:  # pylint: disable=broad-except
+            cache["configured"] = None
+    return cache["configured"]
+
+
+def _delivered(active, found, seen, configured):
+    """A delivery through relay Y clears Y's log conditions, and nothing
+    else: another relay's failure stays while that relay is configured (a
+    sender relay delivering proves nothing about the primary). A failing
+    relay no longer configured is superseded: cleared once nothing waits."""
+    for key in [k for k, e in active.items() if e.get("condition") in LOG_CONDITIONS]:
+        relay = active[key].get("relay")
+        if same_relay(relay, found["sent"]):
+            del active[key]
+            seen.discard(key)
+            continue
+        names = configured()
+        if names is not None and not (relay and any(same_relay(relay, n) for n in names)):
+            active[key]["superseded"] = True
+
+
+def observe(state, lines, now, configured=None):
     """Apply this interval's log lines, in order, to the log conditions
-    (``state["active"]``): a failure sets its condition, a delivery clears or
-    supersedes it. Returns the conditions seen failing now."""
-    active, seen, cache, failed_pids = state.setdefault("active", {}), set(), {}, {}
+    (``state["active"]``): a failure sets its condition for its relay, a
+    delivery clears that relay's. Returns the keys seen failing now.
+    ``configured``: the relays in use (a list; default: asked of
+    postfix_relay.relays once, when a delivery needs it)."""
+    active, seen, cache = state.setdefault("active", {}), set(), {}
+    ask = (lambda: configured) if configured is not None else (lambda: _configured(cache))
     for line in lines:
         found = classify(line)
         if not found:
             continue
         if "sent" in found:
             state["last_sent"] = _line_time(line, now)
-            _delivered(active, found, failed_pids, seen)
+            _delivered(active, found, seen, ask)
             continue
         name = found["condition"]
         if name == "credentials" and "cannot authenticate" in found["reply"] and \
                 _uses_xoauth2(cache):
             name = "oauth2"
-        cause, fix = cause_fix(name, found["reply"], found["relay"])
-        since = active.get(name, {}).get("since", now)
-        active[name] = {"relay": found["relay"], "reply": found["reply"], "cause": cause,
-                        "fix": fix, "since": since, "fingerprint": _fingerprint(name, cause)}
-        seen.add(name)
-        failed_pids.setdefault(name, set()).add(found["pid"])
+        seen.add(_set_failure(active, name, found["relay"], found["reply"], now))
     return seen
-
-
-def _fingerprint(name, cause):
-    """What makes a condition's cause the same one again: its words without
-    the numbers and bracketed details (ids, session tags) that vary."""
-    text = re.sub(r"\[[^\]]*\]|\(\d+\)|\d+", "#", cause)
-    return f"{name}:{text}"
 
 
 def _queue_condition(name, facts, limit, state):
     """deferred / age: too many or too old deferred messages, and why (the
-    most common deferral reason, in probe's words)."""
-    reason = facts["reason"] or ""
+    most common deferral reason, in probe's words). Its fingerprint: the
+    reason's condition and relay, not its free text."""
+    reason = _SUSPENDED.sub("", facts["reason"] or "")
     why = next((cond for cond, pattern in _PATTERNS if pattern.search(reason)), None)
     relay = relay_of(reason)
     if why:
@@ -438,20 +504,21 @@ def _queue_condition(name, facts, limit, state):
         head = f"the oldest deferred message waits for {facts['oldest_age']} s (more " \
                f"than beacon:age_max {limit} s)"
     since = state["active"].get(name, {}).get("since", time.time())
-    return {"relay": relay, "reply": reason, "cause": f"{head}: {cause}", "fix": fix,
-            "since": since, "fingerprint": f"{name}:{why or _fingerprint('', reason)}:"
-                                           f"{_key_part(relay)[0]}"}
+    return {"condition": name, "relay": relay, "reply": reason, "cause": f"{head}: {cause}",
+            "fix": fix, "since": since,
+            "fingerprint": f"{name}:{why or 'other'}:{_relay_id(relay) if relay else ''}"}
 
 
 def settle(state, facts, seen, limits):
-    """The queue conditions from ``facts``; a superseded log condition (mail
-    went out through another relay) not seen failing now clears once nothing
-    waits in the deferred queue. Without a delivery nothing proves the relay
-    works again: the condition stays."""
+    """The queue conditions from ``facts``; a superseded log condition (its
+    relay is no longer configured) not seen failing now clears once nothing
+    waits in the deferred queue. Without a delivery through its relay
+    nothing proves the relay works again: the condition stays."""
     active = state["active"]
-    for name in [c for c in LOG_CONDITIONS if c in active and c not in seen]:
-        if facts["ok"] and facts["deferred"] == 0 and active[name].get("superseded"):
-            del active[name]
+    for key in [k for k, e in active.items() if e.get("condition") in LOG_CONDITIONS
+                and k not in seen]:
+        if facts["ok"] and facts["deferred"] == 0 and active[key].get("superseded"):
+            del active[key]
     over = {"deferred": facts["deferred"] > limits["deferred_max"],
             "age": (facts["oldest_age"] or 0) > limits["age_max"]}
     for name, limit in (("deferred", limits["deferred_max"]), ("age", limits["age_max"])):
@@ -473,30 +540,42 @@ def _log_source(config_dir):
     return where
 
 
-def _oauth2_notes(state, now):
-    """The keep-alive's last refresh per relay (``note_oauth2``): a failure
-    newer than the last one seen raises oauth2, a success clears it."""
-    path = os.path.join(os.path.dirname(state_path()), "oauth2.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            notes = json.load(handle)
-    except (OSError, ValueError):
-        return set()
-    seen, last = set(), state.get("oauth2_note_at") or 0
-    for relay, note in sorted(notes.items(), key=lambda item: item[1].get("at") or 0):
-        if (note.get("at") or 0) <= last:
+def _notes_path():
+    return os.path.join(os.path.dirname(state_path()), "oauth2.json")
+
+
+def oauth2_notes(state, notes, now):
+    """Apply the keep-alive's notes (``{relay: {ok, error, error_code,
+    at}}``), each relay on its own: a note is new when its ``at`` differs
+    from the last one seen for that relay (a clock stepped back still
+    counts); a failure raises that relay's oauth2, a success clears that
+    relay's only. Returns the keys seen failing."""
+    seen, last = set(), state.setdefault("oauth2_seen", {})
+    active = state.setdefault("active", {})
+    for relay, note in sorted(notes.items()):
+        if not isinstance(note, dict) or note.get("at") == last.get(relay):
             continue
-        state["oauth2_note_at"] = note["at"]
+        last[relay] = note.get("at")
         if note.get("ok"):
-            state["active"].pop("oauth2", None)
+            for key in [k for k, e in active.items() if e.get("condition") == "oauth2"
+                        and same_relay(e.get("relay"), relay)]:
+                del active[key]
             continue
-        reply = scrub(note.get("error") or note.get("error_code") or "refresh failed")
-        cause, fix = cause_fix("oauth2", reply, relay)
-        state["active"]["oauth2"] = {"relay": relay, "reply": reply, "cause": cause,
-                                     "fix": fix, "since": now,
-                                     "fingerprint": _fingerprint("oauth2", cause)}
-        seen.add("oauth2")
+        code = note.get("error_code") if note.get("error_code") in \
+            ("invalid_grant", "invalid_client", "unauthorized_client") else ""
+        reply = scrub(" ".join(filter(None, (code if code and code not in str(
+            note.get("error")) else None, note.get("error")))) or "refresh failed")
+        seen.add(_set_failure(active, "oauth2", relay, reply, now))
     return seen
+
+
+def _read_notes():
+    try:
+        with open(_notes_path(), encoding="utf-8") as handle:
+            notes = json.load(handle)
+        return notes if isinstance(notes, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def note_oauth2(relay, ok, error=None, error_code=None):
@@ -512,12 +591,7 @@ def note_oauth2(relay, ok, error=None, error_code=None):
         salt-call postfix_watch.note_oauth2 '[smtp.office365.com]:587' false \
             error='invalid_grant: AADSTS700082' error_code=invalid_grant
     """
-    path = os.path.join(os.path.dirname(state_path()), "oauth2.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            notes = json.load(handle)
-    except (OSError, ValueError):
-        notes = {}
+    path, notes = _notes_path(), _read_notes()
     notes[relay] = {"ok": bool(ok), "error": scrub(error) if error else None,
                     "error_code": error_code, "at": time.time()}
     __utils__["postfix_files.private_dir"](os.path.dirname(path))
@@ -557,15 +631,19 @@ def _event(name, entry, facts, now):
 
 
 def changes(before, after, facts, now):
-    """One event per change: a new condition, a condition whose cause
-    changed, and ``recovered`` (naming the condition) for one that cleared."""
+    """One event per change of a (condition, relay) pair: a new one, one
+    whose cause changed (its fingerprint: condition, relay, code; the
+    latest reply rides along in the data), and ``recovered`` (naming the
+    condition and the relay) for one that cleared."""
     events = []
-    for name in CONDITIONS:
-        old, new = before.get(name), after.get(name)
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
         if new and (not old or old.get("fingerprint") != new.get("fingerprint")):
-            events.append(_event(name, new, facts, now))
+            events.append(_event(new.get("condition", key), new, facts, now))
         elif old and not new:
-            data = _event("recovered", dict(old, cause=f"{name} cleared (was: "
+            name = old.get("condition", key)
+            where = f" for {old['relay']}" if old.get("relay") else ""
+            data = _event("recovered", dict(old, cause=f"{name} cleared{where} (was: "
                                             f"{old['cause']})", fix="nothing to do"),
                           facts, now)
             data["recovered"] = name
@@ -573,40 +651,44 @@ def changes(before, after, facts, now):
     return events
 
 
-def interval(limits, config_dir="/etc/postfix", path=None):
+def _upgrade(state):
+    """A state saved before conditions were keyed by relay: re-keyed (each
+    keeps its fingerprint until its next failure line)."""
+    active = state.setdefault("active", {})
+    for key in [k for k in active if k in CONDITIONS and "condition" not in active[k]]:
+        entry = dict(active.pop(key), condition=key)
+        active[key if key in ("deferred", "age") else
+               f"{key}@{_relay_id(entry.get('relay'))}"] = entry
+    return state
+
+
+def evaluate(state, limits, config_dir="/etc/postfix"):
     """
-    One beacon interval: read the new log lines and the queue, update the
-    conditions, save the state, write the metrics textfile. Returns the
-    events (one per change). ``limits``: deferred_max, age_max,
-    metrics_textfile.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call postfix_watch.interval '{"deferred_max": 10, "age_max": 3600}'
+    One interval's judgement on a state the caller holds (the beacon's own,
+    which it loads and saves itself): reads the log after the state's
+    position and the queue, updates ``state`` in place and returns
+    ``{"events": [...], "facts": queue_facts}``. Saves nothing: from the
+    command line it starts at the log's end, so it can never take the
+    beacon's events (``salt-call postfix_watch.conditions`` is the
+    read-only view).
     """
     now = time.time()
-    state = load_state(path)
-    state.setdefault("active", {})
-    before = {name: dict(entry) for name, entry in state["active"].items()}
+    _upgrade(state)
+    before = {key: dict(entry) for key, entry in state["active"].items()}
     seen = observe(state, new_lines(state, _log_source(config_dir)), now)
-    seen |= _oauth2_notes(state, now)
+    seen |= oauth2_notes(state, _read_notes(), now)
     facts = queue_facts(config_dir)
     settle(state, facts, seen, limits)
-    events = changes(before, state["active"], facts, now)
     state["checked"] = now
-    save_state(state, path)
-    if limits.get("metrics_textfile"):
-        write_metrics(limits["metrics_textfile"], facts, state)
-    return events
+    return {"events": changes(before, state["active"], facts, now), "facts": facts}
 
 
 def conditions(deferred_max=10, age_max=3600, config_dir="/etc/postfix"):
     """
     The conditions holding now, as the beacon sees them (its saved state
     and the queue now; nothing is saved, no event is sent): ``{"active":
-    {condition: {cause, fix, relay, reply, since}}, "queue": ...}``.
+    {"<condition>@<relay>": {condition, cause, fix, relay, reply, since}},
+    "queue": ...}``.
 
     CLI Example:
 
@@ -615,15 +697,75 @@ def conditions(deferred_max=10, age_max=3600, config_dir="/etc/postfix"):
         salt-call postfix_watch.conditions
         salt-call postfix_watch.conditions deferred_max=0 age_max=600
     """
-    state = load_state()
-    state.setdefault("active", {})
+    state = _upgrade(load_state())
     facts = queue_facts(config_dir)
-    settle(state, facts, set(LOG_CONDITIONS) & set(state["active"]),
+    settle(state, facts, {k for k, e in state["active"].items()
+                          if e.get("condition") in LOG_CONDITIONS},
            {"deferred_max": int(deferred_max), "age_max": int(age_max)})
-    active = {name: {k: v for k, v in entry.items() if k != "fingerprint"}
-              for name, entry in state["active"].items()}
+    active = {key: {k: v for k, v in entry.items() if k not in ("fingerprint", "code")}
+              for key, entry in state["active"].items()}
     return {"active": active, "queue": facts, "last_sent": state.get("last_sent"),
             "log_position": state.get("position"), "checked": state.get("checked")}
+
+
+def leftovers(after_beacon=False):
+    """
+    Every file the beacon wrote that exists now: its state, the keep-alive's
+    notes and the metrics textfile it last wrote (remembered in its state:
+    the pillar may be gone by then). ``postfix_relay.clean`` and the beacon
+    SLS without ``postfix_relay:beacon`` remove them, so node_exporter stops
+    exporting an old condition and a later beacon starts afresh.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_watch.leftovers
+
+    ``after_beacon``: none unless the beacon's state exists (the beacon SLS
+    without the key: the keep-alive's notes alone are no beacon's leftovers,
+    and removing them on every apply would be a change every day).
+    """
+    if after_beacon and not os.path.exists(state_path()):
+        return []  # (the keep-alive's notes alone are no beacon's leftovers)
+    state = load_state()
+    paths = [state_path(), _notes_path(), state.get("metrics_textfile")]
+    return [path for path in paths if isinstance(path, str) and os.path.isabs(path)
+            and os.path.lexists(path)]
+
+
+def minion_daemon():
+    """
+    True when a salt-minion daemon runs for this minion id: its event bus
+    answers (the IPC pull socket in sock_dir that event.fire and
+    beacons.* talk to; a stale socket file left by a killed minion refuses
+    the connection). Beacons run only there.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_watch.minion_daemon
+    """
+    import hashlib  # pylint: disable=import-outside-toplevel
+    import socket  # pylint: disable=import-outside-toplevel
+    opts = __opts__
+    if opts.get("ipc_mode") == "tcp":
+        family, where = socket.AF_INET, ("127.0.0.1", int(opts.get("tcp_pull_port", 4511)))
+    else:
+        digest = getattr(hashlib, opts.get("hash_type") or "sha256")(
+            str(opts.get("hash_id", opts["id"])).encode()).hexdigest()[:10]
+        family = socket.AF_UNIX
+        where = os.path.join(opts["sock_dir"], f"minion_event_{digest}_pull.ipc")
+        if not os.path.exists(where):
+            return False
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(where)
+        except OSError:
+            return False
+    return True
 
 
 def metrics_text(facts, state):
@@ -642,8 +784,9 @@ def metrics_text(facts, state):
             f"postfix_relay_last_sent_timestamp_seconds {int(state.get('last_sent') or 0)}",
             "# HELP postfix_relay_condition 1 while the condition holds.",
             "# TYPE postfix_relay_condition gauge"]
+    held = {entry.get("condition", key) for key, entry in state["active"].items()}
     out += [f'postfix_relay_condition{{condition="{name}"}} '
-            f'{1 if name in state["active"] else 0}' for name in CONDITIONS]
+            f'{1 if name in held else 0}' for name in CONDITIONS]
     out += ["# HELP postfix_relay_beacon_checked_timestamp_seconds Last beacon interval.",
             "# TYPE postfix_relay_beacon_checked_timestamp_seconds gauge",
             f"postfix_relay_beacon_checked_timestamp_seconds {int(state.get('checked') or 0)}"]
@@ -656,3 +799,28 @@ def write_metrics(path, facts, state):
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     __utils__["postfix_files.write_atomic"](path, metrics_text(facts, state), mode=0o644,
                                            backdate_mtime=False)
+
+
+def interval(limits, config_dir="/etc/postfix", path=None):
+    """
+    One interval on a state file of the caller's own (``path``, required):
+    for a test or a second watcher. The beacon's own state is private to
+    the beacon (a CLI interval on it would advance its log position and
+    swallow its events): ``salt-call postfix_watch.conditions`` shows it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call postfix_watch.interval '{"deferred_max": 10, "age_max": 3600}' \
+            path=/root/postfix_watch.json
+    """
+    if not path or os.path.realpath(path) == os.path.realpath(state_path()):
+        raise CommandExecutionError(
+            "postfix_watch.interval: the beacon's state is the beacon's own (this would "
+            "take its events); use postfix_watch.conditions, or pass path=<a state file "
+            "of your own>")
+    state = load_state(path)
+    events = evaluate(state, limits, config_dir)["events"]
+    save_state(state, path)
+    return events

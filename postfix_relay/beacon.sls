@@ -1,23 +1,26 @@
 {#- The postfix_relay beacon on this minion, from pillar postfix_relay:beacon
     (validated by postfix_relay_settings.beacon_settings: a bad value stops
     the render naming the key). Saved to minion.d/beacons.conf, so it survives
-    a minion restart. Without the key it removes the beacon (deleting the
-    key and applying postfix_relay is how an admin turns it off).
-    Beacons run in a running salt-minion: under salt-call --local there is
-    none to tell, so with the key this says so instead of failing, and
-    without it there is nothing to do. -#}
+    a minion restart. Without the key it removes the beacon and the files it
+    wrote (its state, the metrics textfile: node_exporter would export the
+    last condition forever). Beacons run in a running salt-minion daemon:
+    under salt-call --local, or with no daemon answering (a masterless host:
+    file_client local, salt-call without --local), there is none to tell, so
+    with the key this says so instead of failing. -#}
 {%- set b = salt["postfix_relay_settings.beacon_settings"](
       salt["pillar.get"]("postfix_relay:beacon", None),
       salt["pillar.get"]("postfix_relay:metrics_textfile", None)) %}
+{%- set daemon = not opts.get("local") and salt["postfix_watch.minion_daemon"]() %}
 
-{%- if opts.get("local") and b %}
+{%- if b and not daemon %}
 
 postfix-relay-beacon-needs-minion:
   test.show_notification:
     - text: >-
-        postfix_relay beacon not {{ "installed" if b else "removed" }}: beacons run
-        in a running salt-minion, not under salt-call --local (apply with
-        salt '<minion>' state.apply or salt-call without --local)
+        postfix_relay beacon not installed: beacons run in a running salt-minion
+        daemon, and none answers here ({{ "salt-call --local" if opts.get("local")
+        else "no salt-minion running" }}); start salt-minion (masterless:
+        file_client local in its config) and apply again
 {%- elif b %}
 
 postfix-relay-beacon:
@@ -30,10 +33,22 @@ postfix-relay-beacon:
 {%- if b.metrics_textfile %}
     - metrics_textfile: {{ b.metrics_textfile | json }}
 {%- endif %}
-{%- elif not opts.get("local") %}
+{%- else %}
+{%- if daemon %}
 
 postfix-relay-beacon:
   beacon.absent:
     - name: postfix_relay
     - save: true
+{%- endif %}
+{%- for path in salt["postfix_watch.leftovers"](after_beacon=True) %}
+
+postfix-relay-beacon-leftover-{{ loop.index }}:
+  file.absent:
+    - name: {{ path | json }}
+{%- if daemon %}
+    - require:
+      - beacon: postfix-relay-beacon
+{%- endif %}
+{%- endfor %}
 {%- endif %}

@@ -98,44 +98,133 @@ def sent_line(relay, pid):
             f"relay={relay}, delay=1, delays=0/0/0.5/0.5, dsn=2.0.0, status=sent (250 ok)")
 
 
-def refused_line(pid):
-    return (f"Nov 28 02:40:08 pi postfix/smtp[{pid}]: connect to primary.example[192.0.2.1]:587:"
-            " Connection refused")
+def refused_line(pid, host="primary.example[192.0.2.1]:587", suspended=False):
+    """Postfix 3.7's two wordings of one refused connection."""
+    if suspended:
+        return (f"Nov 28 02:40:08 pi postfix/smtp[{pid}]: 3F2A1E: to=<me@example.org>, "
+                f"relay=none, delay=9, delays=9/0/0/0, dsn=4.4.1, status=deferred (delivery "
+                f"temporarily suspended: connect to {host}: Connection refused)")
+    return f"Nov 28 02:40:08 pi postfix/smtp[{pid}]: connect to {host}: Connection refused"
 
 
 EMPTY = {"ok": True, "deferred": 0, "oldest_age": None, "reason": None,
          "queues": {"deferred": 0}}
 LIMITS = {"deferred_max": 10, "age_max": 3600}
+PRIMARY, SENDER = "[primary.example]:587", "[sender.example]:587"
 
 
-def interval(watch, state, lines, facts=EMPTY):
-    seen = watch.observe(state, lines, 1795833000)
+def interval(watch, state, lines, facts=EMPTY, configured=(PRIMARY, SENDER)):
+    """One interval's judgement; the events as (condition, relay name)."""
+    before = {k: dict(v) for k, v in state.setdefault("active", {}).items()}
+    seen = watch.observe(state, lines, 1795833000, configured=list(configured))
     watch.settle(state, facts, seen, LIMITS)
-    return sorted(state["active"])
+    return [(e.get("recovered", e["condition"]) + ("+" if "recovered" in e else ""),
+             (e["relay"] or "").split("[")[0])
+            for e in watch.changes(before, state["active"], facts, 1795833000)]
 
 
 def test_a_failing_relay_stays_failing_until_mail_proves_otherwise(watch):
     state = {"active": {}}
-    assert interval(watch, state, [refused_line(11)]) == ["unreachable"]
+    assert interval(watch, state, [refused_line(11)]) == [("unreachable", "primary.example")]
     # no mail since, nothing waits: nothing proves the relay works again
-    assert interval(watch, state, []) == ["unreachable"]
-    # a fallback carries each mail after the primary failed (same smtp process)
+    assert interval(watch, state, []) == []
+    # a fallback carries each mail after the primary failed
     fallback = [refused_line(12), sent_line("backup.example[192.0.2.2]:587", 12)]
-    assert interval(watch, state, fallback) == ["unreachable"]
-    assert interval(watch, state, []) == ["unreachable"]
+    assert interval(watch, state, fallback) == []
+    assert interval(watch, state, []) == []
     # the primary delivers again: cleared at once
-    assert interval(watch, state, [sent_line("primary.example[192.0.2.1]:587", 13)]) == []
+    assert interval(watch, state, [sent_line("primary.example[192.0.2.1]:587", 13)]) == \
+        [("unreachable+", "primary.example")]
+
+
+def test_one_failure_in_either_wording_is_one_event(watch):
+    """F2: "connect to X: Connection refused" and "delivery temporarily
+    suspended: connect to X: ..." (and a timeout) are one condition."""
+    state = {"active": {}}
+    assert interval(watch, state, [refused_line(11)]) == [("unreachable", "primary.example")]
+    assert interval(watch, state, [refused_line(12, suspended=True)]) == []
+    timed_out = refused_line(13).replace("Connection refused", "Connection timed out")
+    assert interval(watch, state, [timed_out, refused_line(14)]) == []
+    held = state["active"]["unreachable@primary.example:587"]
+    assert held["reply"].startswith("connect to primary.example"), held  # the latest reply
+
+
+def test_two_failing_relays_are_two_conditions_that_stay_put(watch):
+    """F3/F4: the primary and a sender relay both down: one event each, none
+    while nothing changes, and a delivery through one clears only its own."""
+    state = {"active": {}}
+    both = [refused_line(11), refused_line(12, "sender.example[192.0.2.5]:587")]
+    assert sorted(interval(watch, state, both)) == [("unreachable", "primary.example"),
+                                                   ("unreachable", "sender.example")]
+    for _ in range(3):
+        assert interval(watch, state, [refused_line(13), refused_line(
+            14, "sender.example[192.0.2.5]:587", suspended=True)]) == []
+    assert interval(watch, state, [sent_line("sender.example[192.0.2.5]:587", 15)]) == \
+        [("unreachable+", "sender.example")]
+    assert interval(watch, state, [sent_line("sender.example[192.0.2.5]:587", 16)]) == []
+    assert list(state["active"]) == ["unreachable@primary.example:587"]
 
 
 def test_a_relay_no_longer_used_clears_once_nothing_waits(watch):
     state = {"active": {}}
-    interval(watch, state, [refused_line(11)])
-    # mail goes out through another relay without trying this one (the pillar
-    # changed), but mail still waits: stays
+    interval(watch, state, [refused_line(11, "old.example[192.0.2.9]:587")])
+    # mail goes out through another relay (the pillar changed: old.example is
+    # no longer configured), but mail still waits: stays
     waiting = dict(EMPTY, deferred=2, queues={"deferred": 2})
-    other = [sent_line("new.example[192.0.2.3]:587", 14)]
-    assert interval(watch, state, other, waiting) == ["unreachable"]
-    assert interval(watch, state, [], EMPTY) == []
+    other = [sent_line("primary.example[192.0.2.1]:587", 14)]
+    assert interval(watch, state, other, waiting) == []
+    assert interval(watch, state, [], EMPTY) == [("unreachable+", "old.example")]
+
+
+def test_credentials_fingerprint_is_the_smtp_code_not_the_words(watch):
+    state = {"active": {}}
+    said = "SASL authentication failed; server primary.example[192.0.2.1] said: 535 5.7.8 {}"
+    line = status_line(said.format("Error: authentication failed: x [s1]"),
+                       relay="primary.example[192.0.2.1]:587")
+    assert interval(watch, state, [line]) == [("credentials", "primary.example")]
+    assert interval(watch, state, [line.replace("x [s1]", "UGFzc3dvcmQ6 y")]) == []
+    assert interval(watch, state, [line.replace("5.7.8", "5.7.139")]) == \
+        [("credentials", "primary.example")]
+
+
+def test_oauth2_notes_are_per_relay_and_need_no_clock(watch):
+    """F5: one relay's ok note clears only its own failure; a note older than
+    another's (a clock stepped back) still counts; the keep-alive's note and
+    the plugin's log line for one revoked token are one condition."""
+    office, google = "[smtp.office365.com]:587", "[smtp.gmail.com]:587"
+    state = {"active": {}}
+
+    def notes(**relays):
+        return sorted(watch.oauth2_notes(state, relays, 1795833000))
+    bad = {"ok": False, "error": "invalid_grant: AADSTS700082", "error_code": "invalid_grant"}
+    assert notes(**{office: dict(bad, at=1000)}) == ["oauth2@smtp.office365.com:587"]
+    fingerprint = state["active"]["oauth2@smtp.office365.com:587"]["fingerprint"]
+    # google's ok note is newer: office's failure stays
+    assert notes(**{office: dict(bad, at=1000), google: {"ok": True, "at": 2000}}) == []
+    assert list(state["active"]) == ["oauth2@smtp.office365.com:587"]
+    # google fails with a clock stepped back (at 500 < every earlier note)
+    assert notes(**{office: dict(bad, at=1000), google: dict(bad, at=500)}) == \
+        ["oauth2@smtp.gmail.com:587"]
+    # Postfix's own line for office's token: same condition, same fingerprint
+    generic = status_line("SASL authentication failed; cannot authenticate to server "
+                          "smtp.office365.com[52.96.1.1]: generic failure",
+                          relay="smtp.office365.com[52.96.1.1]:587")
+    state["active"]["oauth2@smtp.office365.com:587"]["reply"] = "x"
+    watch.observe(state, [generic.replace("SASL", "xoauth2 SASL").replace(
+        "generic failure", "xoauth2 plugin error")], 1795833100, configured=[office])
+    assert state["active"]["oauth2@smtp.office365.com:587"]["fingerprint"] == fingerprint
+    # office's token works again: only office's cleared
+    assert notes(**{office: {"ok": True, "at": 3000}, google: dict(bad, at=500)}) == []
+    assert list(state["active"]) == ["oauth2@smtp.gmail.com:587"]
+
+
+def test_deferred_fingerprint_is_no_free_text(watch):
+    state = {"active": {}}
+    many = dict(EMPTY, deferred=20, queues={"deferred": 20},
+                reason="host mx.example[192.0.2.7] said: 451 4.3.0 Try again (id 1)")
+    assert interval(watch, state, [], many) == [("deferred", "mx.example")]
+    assert interval(watch, state, [], dict(many, reason=many["reason"].replace(
+        "(id 1)", "(queue 77 busy)"))) == []
 
 
 SECRETS = [
