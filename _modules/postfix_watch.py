@@ -29,6 +29,7 @@ LOG_CONDITIONS = ("credentials", "tls", "unreachable", "oauth2")
 QUEUES = ("active", "deferred", "hold", "incoming", "maildrop")
 # one interval reads at most this much new log: a flood is skipped, not parsed
 MAX_READ = 8 * 1024 * 1024
+MAX_LINES = 50_000  # the journal's cap per interval
 
 # Postfix's client processes only: smtpd's "SASL authentication failed" is a
 # client of ours failing, not our relay refusing us.
@@ -321,13 +322,16 @@ def file_lines(position, path):
 def journal_lines(position):
     """
     New mail-facility lines of the journal after ``position``'s cursor (None:
-    start at the end now) and the new position. A cursor the journal no
+    start at the end now; at most MAX_LINES, the rest next interval) and the
+    new position. A cursor the journal no
     longer has (vacuumed) starts again at the end.
     """
     argv = ["journalctl", "--no-pager", "--show-cursor", "-o", "short", "SYSLOG_FACILITY=2"]
     cursor = (position or {}).get("cursor")
-    res = __salt__["postfix_cmd.run"](argv + (["--after-cursor", cursor] if cursor else
-                                              ["-n", "1"]))
+    # after a cursor, -n takes the oldest MAX_LINES: a long downtime is read
+    # over several intervals, never all at once
+    res = __salt__["postfix_cmd.run"](argv + (["--after-cursor", cursor, "-n", str(MAX_LINES)]
+                                              if cursor else ["-n", "1"]))
     if res["retcode"] and cursor:
         return journal_lines(None)
     lines = res["stdout"].splitlines()
@@ -393,12 +397,14 @@ def _relay_id(relay):
 
 def condition_key(active, condition, relay):
     """The key of ``condition`` for ``relay`` in ``active``: the existing
-    one for the same relay (a log line may name it without its port), else
-    a new one."""
-    for key, entry in active.items():
-        if entry.get("condition") == condition and (
-                same_relay(entry.get("relay"), relay) or not (entry.get("relay") or relay)):
+    one for the same relay (a log line may name it without its port; a
+    line naming none joins the only one there is), else a new one."""
+    mine = {key: entry for key, entry in active.items() if entry.get("condition") == condition}
+    for key, entry in mine.items():
+        if same_relay(entry.get("relay"), relay) or not (entry.get("relay") or relay):
             return key
+    if not relay and len(mine) == 1:
+        return next(iter(mine))  # a line naming no relay (the XOAUTH2 plugin's): the one
     return f"{condition}@{_relay_id(relay)}"
 
 

@@ -19,6 +19,8 @@ import salt.loader
 
 from conftest import MAILLOG, PASSWORD, REPO, USER, dump, new_token, send_with_sendmail
 from relay import Relay
+from test_several_relays import entry, send_as
+from test_several_relays import start_relay as named_relay
 
 WRONG_PASSWORD = "Wrong-pw-55xQ-never-logged"
 EVENTS = []  # every event of the module, searched for secrets at the end
@@ -138,8 +140,9 @@ def test_dead_relay_one_event_per_change_then_recovered(synced, tmp_path, minion
     assert "Connection refused" in events["deferred"]["cause"]
     # the same answer from the command line (salt-call postfix_watch.conditions)
     now = watch.functions["postfix_watch.conditions"](deferred_max=0)
-    assert sorted(now["active"]) == ["deferred", "unreachable"], now
-    assert now["queue"]["deferred"] == 3 and now["active"]["unreachable"]["relay"] == \
+    held = {entry["condition"]: entry for entry in now["active"].values()}
+    assert sorted(held) == ["deferred", "unreachable"], now
+    assert now["queue"]["deferred"] == 3 and held["unreachable"]["relay"] == \
         down["relay"], now
     text = prom.read_text()
     assert 'postfix_relay_queue_messages{queue="deferred"} 3' in text, text
@@ -332,3 +335,161 @@ def test_no_secret_in_any_event(synced, tmp_path, minion, relay):
     assert EVENTS  # the events of every test of this module run so far
     for secret in (PASSWORD, WRONG_PASSWORD, access, refresh, access[:20], refresh[:20]):
         assert secret not in everything, "a secret in a beacon event"
+
+
+def refused_count():
+    return MAILLOG.read_text().count("Connection refused") if MAILLOG.exists() else 0
+
+
+def retry_all(count):
+    """postqueue -f, until each of count deferred messages failed once more."""
+    before = refused_count()
+    subprocess.run(["postqueue", "-f"], check=True)
+    wait_until(lambda: refused_count() >= before + count and deferred(count)(),
+               timeout=30, what=f"{count} retries logged, {count} deferred")
+
+
+def test_two_dead_relays_one_event_each_and_a_delivery_clears_only_its_own(
+        synced, tmp_path, minion):
+    """The primary and a sender relay both down: one unreachable event per
+    relay, none while Postfix retries (either wording of a refused
+    connection), none taken by the CLI, and the sender relay's deliveries
+    clear its condition only: the primary is still down."""
+    primary, billing = named_relay(tmp_path, "primary"), named_relay(tmp_path, "billing")
+    ports = {"primary": primary.port, "billing": billing.port}
+    primary.stop()
+    billing.stop()
+    apply_ok(synced, synced.pillar(relay={"port": ports["primary"]}, sender_mode="local",
+                                   sender_relays={"billing@example.org":
+                                                  entry("billing", ports["billing"])},
+                                   # one at a time: the second message of a dead
+                                   # relay gets "delivery temporarily suspended"
+                                   main_cf={"initial_destination_concurrency": "1"}))
+    watch = Watcher(minion, tmp_path / "cache", deferred_max=100, age_max=86400)
+    assert watch.run() == []
+    tokens = [new_token() for _ in range(4)]
+    for cron, app in zip(tokens[:2], tokens[2:]):
+        send_with_sendmail("root", cron)
+        send_as("billing@example.org", "root", app)
+    wait_until(deferred(4), what="4 deferred")
+    dead = {name: f"127.0.0.1[127.0.0.1]:{port}" for name, port in ports.items()}
+    events = watch.run()
+    assert sorted((name, data["relay"]) for name, data in events) == \
+        sorted(("unreachable", relay) for relay in dead.values()), events
+    for _ in range(3):  # Postfix retries; nothing changed
+        retry_all(4)
+        assert watch.run() == []
+    assert "delivery temporarily suspended: connect to" in MAILLOG.read_text()
+    billing = named_relay(tmp_path, "billing", port=ports["billing"])  # billing's back
+    try:
+        subprocess.run(["postqueue", "-f"], check=True)
+        wait_until(lambda: all(billing.find(t, 0.1) for t in tokens[2:]) and deferred(2)(),
+                   what="billing's mail delivered, the primary's deferred")
+    finally:
+        billing.stop()
+    events = watch.run()
+    assert [(name, data["recovered"], data["relay"]) for name, data in events] == \
+        [("recovered", "unreachable", dead["billing"])], events
+    retry_all(2)
+    assert watch.run() == []
+    held = watch.functions["postfix_watch.conditions"]()["active"]
+    assert [(e["condition"], e["relay"]) for e in held.values()] == \
+        [("unreachable", dead["primary"])], held
+
+
+def test_the_cli_never_takes_the_beacons_events(synced, tmp_path, minion):
+    """salt-call postfix_watch.interval (once the documented example) on the
+    beacon's own state would advance its log position and swallow its
+    event; conditions only reads."""
+    relay = start_relay(tmp_path)
+    relay.stop()
+    apply_ok(synced, synced.pillar(relay={"port": relay.port}))
+    watch = Watcher(minion, tmp_path / "cache", deferred_max=10, age_max=3600)
+    assert watch.run() == []
+    send_with_sendmail("root", new_token())
+    wait_until(deferred(1), what="1 deferred")
+    state = tmp_path / "cache" / "postfix_relay" / "beacon.json"
+    saved = state.read_bytes()
+    with pytest.raises(Exception, match="the beacon's state is the beacon's own"):
+        watch.functions["postfix_watch.interval"]({"deferred_max": 10, "age_max": 3600})
+    assert watch.functions["postfix_watch.conditions"]()["active"] == {}
+    assert state.read_bytes() == saved
+    assert [name for name, _ in watch.run()] == ["unreachable"]
+
+
+def test_oauth2_each_relay_on_its_own(synced, tmp_path, minion, relay):
+    """The keep-alive's notes: one relay's success does not clear another's
+    failure, a note written while the clock was behind still counts, and
+    the plugin's own log line for the same revoked token is no new event."""
+    apply_ok(synced, synced.pillar(relay={"port": relay.port}))
+    office, google = "[smtp.office365.com]:587", "[smtp.gmail.com]:587"
+    watch = Watcher(minion, tmp_path / "cache", deferred_max=10, age_max=3600)
+    note = watch.functions["postfix_watch.note_oauth2"]
+    assert watch.run() == []
+    note(office, False, error="invalid_grant: AADSTS700082: The refresh token has expired",
+         error_code="invalid_grant")
+    events = watch.run()
+    assert [(name, data["relay"]) for name, data in events] == [("oauth2", office)], events
+    stamp = time.strftime("%b %d %H:%M:%S")
+    append_log(f"{stamp} pi postfix/smtp[4244]: TokenStore::Refresh: http error: "
+               '{"error":"invalid_grant","error_description":"AADSTS700082: The refresh '
+               'token has expired due to inactivity."}\n')
+    note(office, False, error="invalid_grant: AADSTS700082: The refresh token has expired",
+         error_code="invalid_grant")
+    assert watch.run() == []  # the same revoked token, in other words
+    note(google, True)
+    assert watch.run() == []  # google's success says nothing about office's token
+    notes = tmp_path / "cache" / "postfix_relay" / "oauth2.json"
+    note(google, False, error="invalid_grant: Token has been expired or revoked.",
+         error_code="invalid_grant")
+    written = json.loads(notes.read_text())
+    written[google]["at"] -= 7200  # the clock was two hours behind
+    notes.write_text(json.dumps(written))
+    events = watch.run()
+    assert [(name, data["relay"]) for name, data in events] == [("oauth2", google)], events
+    note(office, True)
+    events = watch.run()
+    assert [(name, data["recovered"], data["relay"]) for name, data in events] == \
+        [("recovered", "oauth2", office)], events
+
+
+def applied_without_local(synced, data):
+    """salt-call state.apply as a masterless host runs it: file_client local in
+    the minion config, no --local, no salt-minion daemon."""
+    synced.write_pillar(data)
+    res = synced.cli.run("state.apply", "postfix_relay")
+    synced.returns.append(res.stdout + res.stderr)
+    assert res.returncode == 0, dump(res)
+    return res
+
+
+def test_beacon_sls_masterless_without_local_and_no_daemon(synced, relay, minion):
+    assert salt.config.minion_config(minion.config_file)["file_client"] == "local"
+    res = applied_without_local(synced, synced.pillar(relay={"port": relay.port},
+                                                      beacon={"interval": 30}))
+    note = next(v for v in res.data.values()
+                if v["__id__"] == "postfix-relay-beacon-needs-minion")
+    assert "no salt-minion running" in note["comment"], note
+    res = applied_without_local(synced, synced.pillar(relay={"port": relay.port}))
+    assert not [v for v in res.data.values() if v["__id__"] == "postfix-relay-beacon"]
+
+
+def test_without_the_key_the_beacons_files_are_removed(synced, tmp_path, minion, relay):
+    """What the beacon wrote (its state, the metrics textfile) goes with the
+    key: node_exporter stops exporting the old condition, and a later beacon
+    sends no recovered for a condition from before."""
+    cachedir = pathlib.Path(salt.config.minion_config(minion.config_file)["cachedir"])
+    prom = tmp_path / "metrics" / "postfix_relay.prom"
+    apply_ok(synced, synced.pillar(relay={"port": relay.port}))
+    watch = Watcher(minion, cachedir, deferred_max=10, age_max=3600,
+                    metrics_textfile=str(prom))
+    assert watch.run() == []
+    append_log(client_line("LEFTOVER", "SASL authentication failed; server 127.0.0.1"
+                           "[127.0.0.1] said: 535 5.7.8 Error: authentication failed"))
+    assert [name for name, _ in watch.run()] == ["credentials"]
+    assert 'postfix_relay_condition{condition="credentials"} 1' in prom.read_text()
+    state = cachedir / "postfix_relay" / "beacon.json"
+    assert watch.functions["postfix_watch.leftovers"]() == [str(state), str(prom)]
+    apply_ok(synced, synced.pillar(relay={"port": relay.port}))  # no beacon key
+    assert not prom.exists() and not state.exists()
+    assert Watcher(minion, cachedir, deferred_max=10, age_max=3600).run() == []
