@@ -107,13 +107,36 @@ def _entry(key, role, nexthop, sender=None, **more):
     return entry
 
 
-def _from_main_cf(conf):
+# Table types postmap -s can list (an indexed file, not a server or regexp).
+INDEXED_TYPES = ("hash", "btree", "dbm", "sdbm", "cdb", "lmdb")
+
+
+def _from_main_cf(conf, config_dir="/etc/postfix"):
     """The relays the live main.cf names (no pillar): relayhost's list, then
-    smtp_fallback_relay, keyed as the pillar would key them."""
+    smtp_fallback_relay, then sender_dependent_relayhost_maps' entries, keyed
+    as the pillar would key them."""
     dests = _destinations(conf["relayhost"]) + _destinations(conf.get("smtp_fallback_relay"))
     return [_entry("relay", "primary", dest) if not index else
             _entry(f"fallback_relays:{index - 1}", "fallback", dest)
-            for index, dest in enumerate(dests)]
+            for index, dest in enumerate(dests)] + _sender_relays(conf, config_dir)
+
+
+def _sender_relays(conf, config_dir):
+    """sender_dependent_relayhost_maps' entries (indexed tables, read with
+    postmap -s) as sender relays: pattern and next hop."""
+    found = []
+    for spec in _destinations(conf.get("sender_dependent_relayhost_maps")):
+        if spec.partition(":")[0].lower() not in INDEXED_TYPES:
+            continue  # regexp, pcre, ldap...: its entries cannot be listed
+        res = __salt__["postfix_cmd.run"](["postmap", "-c", config_dir, "-s", spec])
+        lines = res["stdout"].splitlines() if not res["retcode"] else []
+        for pattern, *value in (line.split(None, 1) for line in lines if line.strip()):
+            # postmap -s prints key TAB value
+            dests = _destinations(value[0] if value else "")
+            if pattern and dests and dests[0].upper() != "DUNNO":
+                found.append(_entry(f"sender_relays:{pattern}", "sender", dests[0],
+                                    sender=pattern))
+    return sorted(found, key=lambda e: e["sender"])  # postmap -s lists in hash order
 
 
 def relays(config_dir="/etc/postfix"):
@@ -122,7 +145,9 @@ def relays(config_dir="/etc/postfix"):
     (key ``relay``), the fallbacks (``fallback_relays:N``), the sender relays
     (``sender_relays:<pattern>``), from the pillar (secrets masked); without
     a ``postfix_relay`` pillar, from the live main.cf (relayhost, then
-    smtp_fallback_relay). Returns ``{"source": "pillar"|"main.cf", "relays": [...]}``.
+    smtp_fallback_relay, then the entries of sender_dependent_relayhost_maps
+    when it is an indexed table such as hash or lmdb).
+    Returns ``{"source": "pillar"|"main.cf", "relays": [...]}``.
 
     CLI Example:
 
@@ -143,7 +168,7 @@ def relays(config_dir="/etc/postfix"):
             found["pillar_error"] = "postfix_relay_settings.get refuses the pillar " \
                                     "(run it for the key and fix); relays read from main.cf"
     if "relays" not in found:
-        found["relays"] = _from_main_cf(config(config_dir))
+        found["relays"] = _from_main_cf(config(config_dir), config_dir)
     return found
 
 

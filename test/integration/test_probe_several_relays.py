@@ -211,7 +211,8 @@ def test_verify_names_the_sender_account_on_a_shared_relay(applier, tmp_path):
     Postfix sends billing's mail, and billing+june's (recipient_delimiter +),
     with billing's account; verify names sender_relays:billing@example.org
     as the relay used, as configured, and says the log cannot tell the
-    accounts apart; probe of that next hop checks both accounts."""
+    accounts apart; probe of that next hop checks both accounts, and so does
+    probe without a pillar (sender relays read from main.cf's table)."""
     shared = start_relay(tmp_path, "shared", {USER: PASSWORD, BILLING[0]: BILLING[1]})
     try:
         apply_ok(applier, applier.pillar(
@@ -223,8 +224,16 @@ def test_verify_names_the_sender_account_on_a_shared_relay(applier, tmp_path):
         june_code, june = call(applier, "postfix_relay.verify",
                                "sender=billing+june@example.org", "timeout=30")
         _, probed = call(applier, "postfix_relay.probe", f"relay=[127.0.0.1]:{shared.port}")
+        applier.write_pillar({})  # the formula applied, its pillar gone
+        _, live = call(applier, "postfix_relay.probe")
     finally:
         shared.stop()
+    # without a pillar, the sender relay is read from sender_dependent_relayhost_maps
+    assert live["source"] == "main.cf"
+    assert [(r["key"], r["relayhost"], r["credentials"]["username"]) for r in live["relays"]] \
+        == [("relay", f"[127.0.0.1]:{shared.port}", USER),
+            ("sender_relays:billing@example.org", f"[127.0.0.1]:{shared.port}", BILLING[0])]
+    assert live["ok"] is True, live.get("diagnosis")
     assert [(m["mail_from"], m["auth_user"]) for m in shared.messages] == \
         [("billing@example.org", BILLING[0]), ("billing+june@example.org", BILLING[0])]
     for code_, data in ((code, sent), (june_code, june)):
