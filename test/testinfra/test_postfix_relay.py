@@ -13,6 +13,7 @@ import yaml
 
 PILLAR_FILE = os.environ.get("POSTFIX_RELAY_PILLAR", "test/kitchen/pillar/default.sls")
 P = yaml.safe_load(pathlib.Path(PILLAR_FILE).read_text())["postfix_relay"]
+LOCAL = "local" in (P.get("recipient_mode", "all"), P.get("sender_mode", "all"))
 RELAY = P["relay"]
 PORT = RELAY.get("port", 587)
 SUFFIX = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
@@ -42,8 +43,10 @@ def test_postfix_runs(host):
     ("mydestination", ""),
     ("relayhost", f"[{RELAY['host']}]:{PORT}"),
     ("myhostname", P.get("hostname")),
-    ("myorigin", P["domain"] if P.get("recipient_mode", "all") == "all" else P.get("hostname")),
-    ("masquerade_domains", P["domain"]),
+    # local modes tell host-local addresses apart by the host name and pass
+    # every other address unchanged (nothing masqueraded)
+    ("myorigin", P.get("hostname") if LOCAL else P["domain"]),
+    ("masquerade_domains", "" if LOCAL else P["domain"]),
     ("smtp_tls_security_level", RELAY.get("tls", "encrypt")),
     ("smtp_tls_wrappermode", "yes" if PORT == 465 else "no"),
     ("smtp_sasl_auth_enable", "yes"),
