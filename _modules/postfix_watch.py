@@ -689,12 +689,13 @@ def evaluate(state, limits, config_dir="/etc/postfix"):
     return {"events": changes(before, state["active"], facts, now), "facts": facts}
 
 
-def conditions(deferred_max=10, age_max=3600, config_dir="/etc/postfix"):
+def conditions(deferred_max=10, age_max=3600, config_dir="/etc/postfix", path=None):
     """
     The conditions holding now, as the beacon sees them (its saved state
     and the queue now; nothing is saved, no event is sent): ``{"active":
     {"<condition>@<relay>": {condition, cause, fix, relay, reply, since}},
-    "queue": ...}``.
+    "queue": ...}``. ``path``: another state file (one of
+    ``postfix_watch.interval``'s) instead of the beacon's.
 
     CLI Example:
 
@@ -703,7 +704,7 @@ def conditions(deferred_max=10, age_max=3600, config_dir="/etc/postfix"):
         salt-call postfix_watch.conditions
         salt-call postfix_watch.conditions deferred_max=0 age_max=600
     """
-    state = _upgrade(load_state())
+    state = _upgrade(load_state(path))
     facts = queue_facts(config_dir)
     settle(state, facts, {k for k, e in state["active"].items()
                           if e.get("condition") in LOG_CONDITIONS},
