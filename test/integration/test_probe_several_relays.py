@@ -246,3 +246,32 @@ def test_verify_names_the_sender_account_on_a_shared_relay(applier, tmp_path):
         ["relay", "sender_relays:billing@example.org"], probed
     assert [r["credentials"]["username"] for r in probed["relays"]] == [USER, BILLING[0]]
     assert probed["ok"] is True, probed.get("diagnosis")
+
+
+class HangingUpRelay(Relay):
+    """A relay that closes the connection on AUTH instead of answering (some
+    relays drop a login they refuse)."""
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data):
+        server.transport.close()
+        return super()._authenticate(server, session, envelope, mechanism, auth_data)
+
+
+def test_probe_reports_a_relay_that_hangs_up_during_auth(applier, tmp_path):
+    """The fallback closes the session during AUTH: probe still reports every
+    relay, names the fallback and why, and the primary passes."""
+    primary = start_relay(tmp_path, "primary", {USER: PASSWORD})
+    hangup = HangingUpRelay(users=dict([FALLBACK]),
+                            cert_dir=str(tmp_path / "certs-hangup")).start()
+    try:
+        apply_ok(applier, applier.pillar(relay={"port": primary.port},
+                                         fallback_relays=[entry(hangup, FALLBACK)]))
+        _, data = call(applier, "postfix_relay.probe")
+    finally:
+        primary.stop()
+        hangup.stop()
+    assert [r["key"] for r in data["relays"]] == ["relay", "fallback_relays:0"], data
+    assert data["ok"] is False and data["failing"] == ["fallback_relays:0"]
+    assert by_key(data)["relay"]["ok"] is True
+    assert any("closed the connection during AUTH" in c
+               for c in causes(data, "fallback_relays:0")), data
