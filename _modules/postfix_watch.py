@@ -37,7 +37,8 @@ _CLIENT = re.compile(r"postfix[^/\s]*/(?:smtp|lmtp|error)\[(?P<pid>\d+)\]: ")
 _STATUS = re.compile(r"relay=(?P<relay>[^,\s]+), .*?status=(?P<status>\w+) "
                      r"\((?P<reply>.*)\)\s*$")
 _SUSPENDED = re.compile(r"^\s*delivery temporarily suspended:\s*", re.I)
-_SMTP_CODE = re.compile(r"\b([45]\d\d)[ -](?:([45]\.\d{1,3}\.\d{1,3})\b)?")
+# the relay's reply code (after "said:"; not a port number elsewhere in the line)
+_SMTP_CODE = re.compile(r"(?:said:\s*|^\s*)([45]\d\d)[ -](?:([45]\.\d{1,3}\.\d{1,3})\b)?")
 _OAUTH2_CODE = re.compile(r"\b(invalid_grant|invalid_client|unauthorized_client)\b")
 _NAMADDR = re.compile(r"(?P<name>[^\s\[\](),;:]+)\[(?P<addr>[^\]]+)\](?::(?P<port>\d+))?")
 _PATTERNS = (

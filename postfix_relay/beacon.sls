@@ -41,6 +41,8 @@ postfix-relay-beacon:
     - name: postfix_relay
     - save: true
 {%- endif %}
+{#- (not the files of a beacon still running: salt-call --local beside a minion) #}
+{%- if daemon or not salt["postfix_watch.minion_daemon"]() %}
 {%- for path in salt["postfix_watch.leftovers"](after_beacon=True) %}
 
 postfix-relay-beacon-leftover-{{ loop.index }}:
@@ -51,4 +53,5 @@ postfix-relay-beacon-leftover-{{ loop.index }}:
       - beacon: postfix-relay-beacon
 {%- endif %}
 {%- endfor %}
+{%- endif %}
 {%- endif %}
