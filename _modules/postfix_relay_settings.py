@@ -13,6 +13,8 @@ CLI Example:
     salt-call postfix_relay_settings.get
 """
 
+import copy
+import hashlib
 import ipaddress
 import json
 import os
@@ -1396,10 +1398,24 @@ def get(pillar=None, lookup=None, show_secrets=False, check=False):
         pillar = __pillar__.get(PILLAR_ROOT)
     if isinstance(pillar, dict):
         pillar = {k: v for k, v in pillar.items() if k != "lookup"}
-    result = normalise(pillar, __grains__, _host_facts(lookup or {}))
+    result = _normalised(pillar, lookup or {})
     if check:
         _precheck(result, (lookup or {}).get("config_dir", "/etc/postfix"))
     return result if show_secrets else redact(result)
+
+
+def _normalised(pillar, lookup):
+    """normalise() once per run for the same pillar, lookup and grains: the
+    SLS files and the states' entries_from all ask (in memory only)."""
+    grains = {k: __grains__.get(k) for k in ("fqdn", "host")}
+    try:
+        key = "postfix_relay_settings.normalised:" + hashlib.sha256(json.dumps(
+            [pillar, lookup, grains], sort_keys=True, default=str).encode()).hexdigest()
+    except TypeError:  # keys of mixed types: refused by normalise, not cached
+        return normalise(pillar, grains, _host_facts(lookup))
+    if key not in __context__:
+        __context__[key] = normalise(pillar, grains, _host_facts(lookup))
+    return copy.deepcopy(__context__[key])
 
 
 def password_entries(saltenv=None):

@@ -64,11 +64,23 @@ postfix-relay-clean-oauth2-keepalive-{{ loop.index }}:
   file.absent:
     - name: {{ path }}
 {%- endfor %}
-{%- if not opts.get("local") %}
+{%- set beacon_daemon = not opts.get("local") and salt["postfix_watch.minion_daemon"]() %}
+{%- if beacon_daemon %}
 
-{#- the beacon, where a running minion has one (not under salt-call --local) #}
+{#- the beacon, where a minion daemon runs it #}
 postfix-relay-clean-beacon:
   beacon.absent:
     - name: postfix_relay
     - save: true
 {%- endif %}
+{#- the beacon's state and metrics textfile (node_exporter would export them on) #}
+{%- for path in salt["postfix_watch.leftovers"]() %}
+
+postfix-relay-clean-beacon-leftover-{{ loop.index }}:
+  file.absent:
+    - name: {{ path | json }}
+{%- if beacon_daemon %}
+    - require:
+      - beacon: postfix-relay-clean-beacon
+{%- endif %}
+{%- endfor %}

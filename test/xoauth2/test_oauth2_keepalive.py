@@ -234,7 +234,8 @@ def test_without_it_the_token_dies_mail_waits_and_the_cause_is_named(pi):
     assert pi.sid.path(f"{CACHE}/oauth2_keepalive.json").stat().st_mode & 0o777 == 0o600
     # the beacon's next interval raises oauth2 with the provider's error
     code, events, res = pi.salt_call("postfix_watch.interval",
-                                     '{"deferred_max": 10, "age_max": 3600}')
+                                     '{"deferred_max": 10, "age_max": 3600}',
+                                     "path=/root/postfix_watch.json")  # not the beacon's
     raised = [e for e in events or [] if e["condition"] == "oauth2"]
     assert raised and "AADSTS700082" in raised[0]["reply"], res.stdout[-3000:]
 
