@@ -8,6 +8,7 @@ PID namespace (the container dies with the test host).
 
 import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -43,6 +44,19 @@ def install_rsyslog(chroot):
         chroot.run("apt-get", "-q", "-y", "--no-download", "install", "rsyslog")
     finally:
         policy.unlink()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet_loopback():
+    """The containers share this test host's network: a Postfix of the test
+    host itself (started by other suites on this worker) would answer on
+    127.0.0.1:25 for them. Stopped while they run, started again after."""
+    running = subprocess.run(["postfix", "status"], capture_output=True).returncode == 0
+    if running:
+        subprocess.run(["postfix", "stop"], capture_output=True, check=True)
+    yield
+    if running:
+        subprocess.run(["postfix", "start"], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids="-".join)
