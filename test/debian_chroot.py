@@ -45,6 +45,17 @@ def salt_version():
     return next(line.split("==")[1] for line in pins if line.startswith("salt=="))
 
 
+def masterless_call(run, *args, timeout):
+    """(retcode, the JSON return or None, the process) of the tree's salt-call
+    --local, through run (a chroot's or a booted container's)."""
+    res = run("/opt/salt/bin/salt-call", "--local", "--out=json", "--retcode-passthrough",
+              *args, check=False, timeout=timeout)
+    try:
+        return res.returncode, json.loads(res.stdout)["local"], res
+    except ValueError:
+        return res.returncode, None, res
+
+
 class Chroot:
     """A Debian tree run as its own host named hostname."""
 
@@ -78,12 +89,7 @@ class Chroot:
 
     def salt_call(self, *args, timeout=600):
         """(retcode, the JSON return or None, the process) of a masterless call."""
-        res = self.run("/opt/salt/bin/salt-call", "--local", "--out=json",
-                       "--retcode-passthrough", *args, check=False, timeout=timeout)
-        try:
-            return res.returncode, json.loads(res.stdout)["local"], res
-        except ValueError:
-            return res.returncode, None, res
+        return masterless_call(self.run, *args, timeout=timeout)
 
     def write_pillar(self, pillar):
         """The formula's pillar file (0600: it holds secrets)."""
@@ -96,10 +102,16 @@ def build(root, suite, hostname, python="python3", packages=(), prepare=None):
     """A fresh Debian tree at root for one test session: a copy of the cached
     pristine tree (debootstrap and Salt, built once per key), then this
     machine's resolver, the host name and the formula."""
-    tree = pristine(suite, python, packages, prepare)
-    # cp keeps device nodes, owners and hard links; --reflink shares blocks where it can.
-    res = subprocess.run(["cp", "-a", "--one-file-system", "--reflink=auto", str(tree), str(root)],
-                         capture_output=True, text=True)
+    return session_copy(pristine(suite, python, packages, prepare), root, hostname)
+
+
+def session_copy(tree, root, hostname):
+    """A session's own copy of a cached pristine tree at root, with this
+    machine's resolver, the host name and the formula."""
+    # cp keeps device nodes, owners and hard links; --reflink shares blocks where it
+    # can; one file system: never what a build left mounted in the tree (/proc)
+    res = subprocess.run(["cp", "-a", "--one-file-system", "--reflink=auto", str(tree),
+                          str(root)], capture_output=True, text=True)
     assert res.returncode == 0, f"copying {tree}: {res.stderr[-2000:]}"
     shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
     with open(root / "etc/hosts", "a") as hosts:

@@ -21,7 +21,7 @@ import subprocess
 
 import debian_chroot
 from debian_chroot import (BASE_PACKAGES, MIRROR, REPO, Chroot, cache_dir, expired,
-                           install_formula, salt_version, with_network)
+                           salt_version, with_network)
 
 ARCH = "arm64"
 TREE_FORMAT = 1  # bump when make_tree() changes what a tree holds
@@ -57,15 +57,7 @@ def binfmt_problem():
 def build(root, suite, hostname, python="python3", packages=()):
     """debian_chroot.build() for arm64: a copy of the cached pristine tree, the
     machine's resolver, the host name, the formula."""
-    tree = pristine(suite, python, packages)
-    res = subprocess.run(["cp", "-a", "--one-file-system", "--reflink=auto", str(tree), str(root)],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, f"copying {tree}: {res.stderr[-2000:]}"
-    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
-    with open(root / "etc/hosts", "a") as hosts:
-        hosts.write(f"127.0.1.1 {hostname}.example.org {hostname}\n")
-    install_formula(root)
-    return Chroot(root, hostname)
+    return debian_chroot.session_copy(pristine(suite, python, packages), root, hostname)
 
 
 def tree_key(suite, python, packages):

@@ -10,7 +10,6 @@ talk to its systemd and journald) and its PID namespace.
 """
 
 import contextlib
-import json
 import os
 import pathlib
 import shutil
@@ -134,12 +133,7 @@ class Container:
 
     def salt_call(self, *args, timeout=300):
         """(retcode, the JSON return or None, the process) of a masterless call."""
-        res = self.run("/opt/salt/bin/salt-call", "--local", "--out=json",
-                       "--retcode-passthrough", *args, check=False, timeout=timeout)
-        try:
-            return res.returncode, json.loads(res.stdout)["local"], res
-        except ValueError:
-            return res.returncode, None, res
+        return debian_chroot.masterless_call(self.run, *args, timeout=timeout)
 
     def boot_log(self):
         return pathlib.Path(self.log_path).read_text(errors="replace")[-4000:]
