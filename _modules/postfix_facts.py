@@ -27,13 +27,14 @@ def __virtual__():
 
 
 def _facts_key(config_dir):
-    """What the facts depend on: the postconf binary and the dynamic map list."""
+    """What the facts depend on: the postconf binary and the dynamic map list
+    (ctime too: a copy that keeps size and mtime still changes it)."""
     parts = []
     for path in (shutil.which("postconf"), os.path.join(config_dir, "dynamicmaps.cf"),
                  os.path.join(config_dir, "dynamicmaps.cf.d")):
         try:
             st = os.stat(path)
-            parts.append(f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+            parts.append(f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}")
         except (OSError, TypeError):
             parts.append(f"{path}:-")
     return "|".join(parts)

@@ -423,25 +423,60 @@ def _postconf(args, config_dir):
 
 
 def _files_key(paths):
-    """Identity of the files an answer depends on (missing ones included)."""
+    """Identity of the files an answer depends on (missing ones included);
+    ctime too: a copy that keeps size and mtime (cp -p) still changes it."""
     parts = []
     for path in paths:
         try:
             st = os.stat(path)
-            parts.append([path, st.st_ino, st.st_size, st.st_mtime_ns])
+            parts.append([path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
         except (OSError, TypeError):
             parts.append([path, None])
     return json.dumps(parts)
 
 
+def _answers_file():
+    return os.path.join(__opts__.get("cachedir", "/var/cache/salt"), "postmap", "postconf.json")
+
+
+def _saved_answers():
+    """postconf's answers kept on disk by an earlier run (none: {})."""
+    if "postmap.saved" not in __context__:
+        try:
+            with salt.utils.files.fopen(_answers_file(), encoding="utf-8") as handle:
+                saved = json.load(handle)
+        except (OSError, ValueError):
+            saved = {}
+        __context__["postmap.saved"] = saved if isinstance(saved, dict) else {}
+    return __context__["postmap.saved"]
+
+
+def _config_dir_exists(name):
+    try:
+        return os.path.isdir(json.loads(name)[0])
+    except (ValueError, TypeError, IndexError):
+        return False
+
+
 def _cached(args, config_dir, depends):
-    """postconf's answer, kept for this run while the files it depends on are
-    unchanged (a package installed mid-run changes the dynamic map list)."""
+    """postconf's answer while the files it depends on (the postconf binary,
+    main.cf, the dynamic map list) are unchanged: kept for the run and on
+    disk, so a no-op apply spawns no postconf (a package installed mid-run
+    changes the dynamic map list, and with it the key)."""
     key = _files_key([shutil.which("postconf")] + depends)
-    cache = __context__.setdefault("postmap.postconf", {})
-    entry = cache.get((tuple(args), config_dir))
-    if entry is None or entry[0] != key:
-        entry = cache[(tuple(args), config_dir)] = (key, _postconf(args, config_dir))
+    name = json.dumps([config_dir, *args])
+    saved = _saved_answers()
+    entry = saved.get(name)
+    if not isinstance(entry, list) or len(entry) != 2 or entry[0] != key:
+        entry = saved[name] = [key, _postconf(args, config_dir)]
+        if __opts__.get("test"):
+            return entry[1]  # a dry run writes nothing, not even a cache
+        # answers for config dirs that are gone are dropped: the file stays small
+        kept = {k: v for k, v in saved.items() if _config_dir_exists(k)}
+        with contextlib.suppress(OSError):  # a cache: the answer stands without it
+            __utils__["postfix_files.private_dir"](os.path.dirname(_answers_file()))
+            __utils__["postfix_files.write_atomic"](_answers_file(), json.dumps(kept),
+                                                   mode=0o600, backdate_mtime=False)
     return entry[1]
 
 
