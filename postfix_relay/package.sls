@@ -1,7 +1,7 @@
-{%- from "postfix_relay/map.jinja" import postfix_relay with context %}
-
-postfix-relay-package-installed:
-  pkg.installed:
-    {#- the XOAUTH2 plugin too when relay:oauth2 is set (refused here when
-        the host's package sources lack it) #}
-    - pkgs: {{ salt["postfix_relay_settings.packages"](postfix_relay.lookup) | json }}
+#!jinja|json
+{#- The packages: Postfix, the SASL client plugins, the XOAUTH2 plugin
+    when a relay uses oauth2.
+    Built in Python: _modules/postfix_relay_states.py (package); see the states
+    with `salt-call state.show_sls postfix_relay.package`. -#}
+{%- if "postfix_relay_states.sls" not in salt %}{{ raise("postfix_relay: the formula's modules are not synced to this minion yet: run `salt-call saltutil.sync_all` (or `salt '*' saltutil.sync_all`) once, or apply with `state.apply postfix_relay sync_mods=all`") }}{% endif %}
+{{ salt["postfix_relay_states.sls"]("package", saltenv) | json(sort_keys=False) }}

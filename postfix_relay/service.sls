@@ -1,17 +1,7 @@
-{%- from "postfix_relay/map.jinja" import postfix_relay with context %}
-
-include:
-  - postfix_relay.config
-
-postfix-relay-service-running:
-  postfix_control.running:
-    - name: postfix
-    - enable: true
-    - config_dir: {{ postfix_relay.lookup.config_dir }}
-    - prestart: {{ postfix_relay.lookup.prestart | json }}
-    {#- every state of the config SLS: mod_watch reads what changed and
-        restarts for the listener or inet_interfaces, reloads otherwise (a new
-        token or CA: deferred mail is retried; a new plugin config: smtp
-        processes load it again) #}
-    - watch:
-      - sls: postfix_relay.config
+#!jinja|json
+{#- Postfix enabled and running; reloaded or restarted for what the
+    config SLS changed.
+    Built in Python: _modules/postfix_relay_states.py (service); see the states
+    with `salt-call state.show_sls postfix_relay.service`. -#}
+{%- if "postfix_relay_states.sls" not in salt %}{{ raise("postfix_relay: the formula's modules are not synced to this minion yet: run `salt-call saltutil.sync_all` (or `salt '*' saltutil.sync_all`) once, or apply with `state.apply postfix_relay sync_mods=all`") }}{% endif %}
+{{ salt["postfix_relay_states.sls"]("service", saltenv) | json(sort_keys=False) }}

@@ -10,6 +10,7 @@ private config dir: nothing on the host is read or written.
 """
 
 import copy
+import json
 import os
 import shutil
 import time
@@ -96,15 +97,10 @@ def render(opts, pillar, sls, keep=None, saltenv="base"):
     with salt.state.HighState(opts, pillar_override=pillar) as highstate:
         renderers = highstate.state.rend
         loaded = renderers._dict._dict  # pylint: disable=protected-access
-        renderers["yaml"]  # pylint: disable=pointless-statement  # loads it
-        loaded["yaml_seen.render"] = loaded["yaml.render"]
-
-        def capture(data, saltenv="base", sls="", **kwargs):
-            text = data if isinstance(data, str) else data.read()
-            texts[sls] = text
-            return renderers["yaml_seen"](text, saltenv=saltenv, sls=sls, **kwargs)
-
-        loaded["yaml.render"] = capture
+        for kind in ("yaml", "json"):  # init.sls is YAML, the others print JSON
+            renderers[kind]  # pylint: disable=pointless-statement  # loads it
+            loaded[f"{kind}_seen.render"] = loaded[f"{kind}.render"]
+            loaded[f"{kind}.render"] = capturing(renderers, kind, texts)
         highstate.push_active()
         try:
             high, errors = highstate.render_highstate({saltenv: [sls]})
@@ -119,6 +115,31 @@ def render(opts, pillar, sls, keep=None, saltenv="base"):
     return texts, high, chunks, errors + compile_errors + order_errors
 
 
+def capturing(renderers, kind, texts):
+    """A renderer that keeps each SLS text it is given, then renders it."""
+    def capture(data, saltenv="base", sls="", **kwargs):
+        text = data if isinstance(data, str) else data.read()
+        texts[sls] = text
+        return renderers[f"{kind}_seen"](text, saltenv=saltenv, sls=sls, **kwargs)
+    return capture
+
+
+def strict_load(text):
+    """The SLS text as data, refusing a mapping key given twice (YAML or JSON)."""
+    if text.startswith("#!"):  # the render pipe line, as Salt's renderers skip it
+        text = text.split("\n", 1)[1] if "\n" in text else ""
+    if text.lstrip().startswith("{"):
+        return json.loads(text, object_pairs_hook=no_duplicate_keys)
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader)
+
+
+def no_duplicate_keys(pairs):
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    assert not twice, f"duplicate key {twice}"
+    return dict(pairs)
+
+
 def with_errors(answer):
     """Salt 3008 answers (chunks, errors); 3006 and 3007 the chunks alone."""
     return answer if isinstance(answer, tuple) else (answer, [])
@@ -128,7 +149,7 @@ def state_args(texts):
     """{(sls, id, state module): [argument keys, in order]} from the SLS texts."""
     found = {}
     for sls, text in texts.items():
-        data = yaml.load(text, Loader=StrictLoader) or {}  # noqa: S506 (a SafeLoader)
+        data = strict_load(text) or {}
         for state_id, body in data.items():
             if state_id in ("include", "exclude", "extend"):
                 continue
