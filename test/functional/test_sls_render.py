@@ -413,3 +413,29 @@ def test_enabling_at_boot_keeps_the_reload(loaders, private_conf, state_id, chan
     assert ret["changes"] == {"enabled": True, action: True}, ret["comment"]
     assert ret["result"] is (None if test else True)
     assert done == ([] if test else ["enable", action, "flush"])
+
+
+@pytest.mark.parametrize("pillar_name", ["password", "several-oauth2"])
+def test_rendered_states_hold_no_secret(loaders, private_conf, pillar_name):
+    """The states Salt renders (and caches on disk) carry no password, client
+    secret or refresh token: their states read them when they run."""
+    pillar = full_pillar(pillar_name, private_conf)
+    secrets = []
+    for index, relay in enumerate([pillar["postfix_relay"]["relay"],
+                                   *pillar["postfix_relay"].get("fallback_relays", [])]):
+        if "password" in relay:
+            relay["password"] = f"Pw-{index}-9f8e7d6c"
+        for key in ("client_secret", "refresh_token"):
+            if key in relay.get("oauth2", {}):
+                relay["oauth2"] = {**relay["oauth2"], key: f"{key}-{index}-5a4b3c2d"}
+        secrets += [relay.get("password"), *(relay.get("oauth2") or {}).values()]
+    secrets = [s for s in secrets if s and "-5a4b3c2d" in s or s and s.startswith("Pw-")]
+    texts, high, _, errors = render(loaders.opts, pillar, "postfix_relay")
+    assert errors == [] and secrets
+    seen = json.dumps(high, default=str) + "".join(texts.values())
+    assert [s for s in secrets if s in seen] == []
+
+
+def test_an_unknown_sls_name_is_refused_naming_the_choices(loaders):
+    with pytest.raises(Exception, match="no SLS postfix_relay.nope: one of package, config"):
+        loaders.modules["postfix_relay_states.sls"]("nope")
