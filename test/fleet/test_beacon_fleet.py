@@ -10,15 +10,15 @@ the fleet applies the formula and mails without a word, one host's relay goes
 down and comes back, then another host's password is rotated at the provider.
 """
 
+import json
 import re
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pathlib
 
 import pytest
-from conftest import REPO, start_fleet
+from conftest import REPO, fleet_running, start_fleet
 from relay import Relay
 from webhook import Webhook
 
@@ -26,7 +26,12 @@ IDS = ("bcn1", "bcn2")
 ACCOUNT = {"bcn1": "bcn1-account", "bcn2": "bcn2-account"}
 PASSWORDS = {"bcn1-account": "Bcn1-pw-5rt93-never-logged",
              "bcn2-account": "Bcn2-pw-8qw21-never-logged"}
-INTERVAL = 10  # the beacon's minimum: the suite runs in every ./run-tests
+INTERVAL = 10  # the pillar's minimum, as the formula installs it
+# The tests after the install set the running beacon to every second (Salt's
+# beacons.modify, as an admin could), so "no event" is proven by waiting for
+# beacon runs that read the log, not by sleeping through 10 s intervals.
+FAST_INTERVAL = 1
+EVENT_TIMEOUT = 30  # a deadline for an event that comes within seconds
 # Postfix retries a deferred message within seconds, so "relay back" drains
 # the queue without a flush, as it would on a real host (only slower there).
 FAST_RETRY = {"queue_run_delay": "1s", "minimal_backoff_time": "1s",
@@ -111,25 +116,12 @@ def beacon_fleet(salt_factories, tmp_path_factory, relays, webhook):
         # their intervals in loop_intervals; salt-factories' 0.05 would make
         # a 10 s beacon interval 200 s.
         minion_overrides={"loop_interval": 1})
-    with master.started(start_timeout=120), ThreadPoolExecutor(len(IDS)) as pool:
+    with fleet_running(master, minions, hosts):
         # As the README says: the master loads the formula's runner from its
         # file_roots (_runners) once synced.
         synced = master.salt_run_cli(timeout=120).run("saltutil.sync_runners")
         assert "runners.postfix_relay_alert" in (synced.data or []), synced.stdout + synced.stderr
-        # The hosts start and stop side by side: the suite runs in every ./run-tests.
-        starts = [pool.submit(minion.start, start_timeout=120) for minion in minions.values()]
-        try:
-            for start in starts:
-                start.result()
-            yield master, hosts, minions
-        finally:
-            list(pool.map(lambda host_id: stop_host(minions[host_id], hosts[host_id]), IDS))
-
-
-def stop_host(minion, host):
-    if minion.is_running():
-        minion.terminate()
-    host.stop_postfix()
+        yield master, hosts, minions
 
 
 # -- helpers -------------------------------------------------------------------
@@ -154,6 +146,49 @@ def wait_event(listener, master, host_id, conditions, after, timeout):
             f"no {conditions} event from {host_id} in {timeout} s; "
             f"came: {[(e.tag, e.data) for e in events]}")
         time.sleep(0.5)
+
+
+def maillog_count(host, text):
+    """How many lines of that host's Postfix log hold text."""
+    path = host.path("/var/log/postfix.log")
+    if not path.exists():
+        return 0
+    return sum(text in line for line in path.read_text(errors="replace").splitlines())
+
+
+def wait_logged(host, text, count, timeout=EVENT_TIMEOUT):
+    """Wait until that host's Postfix log holds count lines with text; the
+    time it was seen."""
+    deadline = time.monotonic() + timeout
+    while maillog_count(host, text) < count:
+        assert time.monotonic() < deadline, f"{count} '{text}' lines not logged on {host.id}"
+        time.sleep(0.2)
+    return time.time()
+
+
+def beacon_checked(minion):
+    """When the running beacon last judged its host (its state file's
+    "checked"), or 0."""
+    path = pathlib.Path(minion.config["cachedir"]) / "postfix_relay" / "beacon.json"
+    try:
+        return json.loads(path.read_text()).get("checked") or 0
+    except (OSError, ValueError):
+        return 0
+
+
+def wait_beacon_runs(minion, after, runs=2, timeout=EVENT_TIMEOUT):
+    """Wait until the beacon has started runs runs after the time after: the
+    first read everything logged by then, and the events of all but the last
+    were sent to the master before the last began."""
+    deadline = time.monotonic() + timeout
+    seen, last = 0, after
+    while seen < runs:
+        checked = beacon_checked(minion)
+        if checked > last:
+            seen, last = seen + 1, checked
+            continue
+        assert time.monotonic() < deadline, f"the beacon of {minion.id} did not run"
+        time.sleep(0.1)
 
 
 def send_mail(master, host_id, token):
@@ -227,26 +262,45 @@ def test_apply_installs_the_beacon_on_every_host(beacon_fleet):
         assert {"interval": INTERVAL} in listed[host_id]["postfix_relay"], listed[host_id]
 
 
-def test_healthy_hosts_say_nothing(beacon_fleet, relays, event_listener):
-    """Mail that leaves raises no event: a fleet whose mail works is quiet."""
+@pytest.fixture(scope="module")
+def beacon_each_second(beacon_fleet):
+    """The running beacons, as the formula installed them, but every second."""
     master, _, _ = beacon_fleet
+    cli = master.salt_cli(timeout=60)
+    listed = cli.run("beacons.list", "return_yaml=False", minion_tgt="*").data
+    for host_id in IDS:
+        config = [item for item in listed[host_id]["postfix_relay"] if "interval" not in item]
+        res = cli.run("beacons.modify", "postfix_relay",
+                      json.dumps([{"interval": FAST_INTERVAL}, *config]), minion_tgt=host_id)
+        assert res.returncode == 0 and res.data["result"], res.stdout + res.stderr
+    listed = cli.run("beacons.list", "return_yaml=False", minion_tgt="*").data
+    for host_id in IDS:
+        assert {"interval": FAST_INTERVAL} in listed[host_id]["postfix_relay"], listed[host_id]
+
+
+def test_healthy_hosts_say_nothing(beacon_fleet, beacon_each_second, relays, event_listener):
+    """Mail that leaves raises no event: a fleet whose mail works is quiet."""
+    master, hosts, minions = beacon_fleet
     start = time.time()
+    sent = {host_id: maillog_count(hosts[host_id], "status=sent") for host_id in IDS}
     for host_id in IDS:
         send_mail(master, host_id, f"{host_id}-healthy")
     for host_id in IDS:
         assert relays[host_id].find(f"{host_id}-healthy", timeout=30), host_id
-    time.sleep(max(0, start + INTERVAL + 2 - time.time()))
+        logged = wait_logged(hosts[host_id], "status=sent", sent[host_id] + 1)
+        wait_beacon_runs(minions[host_id], logged)
     for host_id in IDS:
         assert beacon_events(event_listener, master, host_id, start) == [], host_id
 
 
-def test_relay_down_one_event_from_that_host_only(beacon_fleet, relays, event_listener):
-    master, _, _ = beacon_fleet
+def test_relay_down_one_event_from_that_host_only(beacon_fleet, beacon_each_second, relays,
+                                                  event_listener):
+    master, hosts, minions = beacon_fleet
     start = STARTS["down"] = time.time()
     relays["bcn1"].stop()
     send_mail(master, "bcn1", "while-bcn1-relay-down")
     send_mail(master, "bcn2", "bcn2-still-fine")
-    event = wait_event(event_listener, master, "bcn1", DOWN, start, timeout=2 * INTERVAL + 5)
+    event = wait_event(event_listener, master, "bcn1", DOWN, start, timeout=EVENT_TIMEOUT)
     data = event.data
     assert data["condition"] == event.tag.rsplit("/", 1)[-1]
     assert data["deferred"] >= 1, data
@@ -255,9 +309,11 @@ def test_relay_down_one_event_from_that_host_only(beacon_fleet, relays, event_li
     assert_no_secret(event.full_data)
     # The other host's mail left: it has nothing to report.
     assert relays["bcn2"].find("bcn2-still-fine", timeout=30)
-    # One event per change, not per interval: Postfix keeps retrying (and
-    # logging) meanwhile, the beacon stays quiet.
-    time.sleep(INTERVAL + 2)
+    # One event per change, not per interval: Postfix retries twice more
+    # (and logs it), the beacon reads that and stays quiet.
+    deferrals = maillog_count(hosts["bcn1"], "status=deferred")
+    logged = wait_logged(hosts["bcn1"], "status=deferred", deferrals + 2)
+    wait_beacon_runs(minions["bcn1"], logged)
     events = beacon_events(event_listener, master, "bcn1", start)
     assert [e.tag for e in events] == [event.tag], [(e.tag, e.data) for e in events]
     assert beacon_events(event_listener, master, "bcn2", start) == []
@@ -284,13 +340,14 @@ def test_reactor_posts_the_alert_while_mail_cannot_leave(beacon_fleet, relays, w
     assert_webhook_kept_off_the_bus(event_listener, master, STARTS["down"])
 
 
-def test_relay_back_queue_drained_recovered(beacon_fleet, relays, event_listener, webhook):
+def test_relay_back_queue_drained_recovered(beacon_fleet, beacon_each_second, relays,
+                                            event_listener, webhook):
     master, _, _ = beacon_fleet
     start = time.time()
     relays["bcn1"].start()  # same port: Postfix retries it by itself
     assert relays["bcn1"].find("while-bcn1-relay-down", timeout=30), "queue not drained"
     event = wait_event(event_listener, master, "bcn1", ("recovered",), start,
-                       timeout=2 * INTERVAL + 5)
+                       timeout=EVENT_TIMEOUT)
     assert event.data["recovered"] in DOWN and event.data["deferred"] == 0, event.data
     assert deferred_on(master, "bcn1") == []
     assert beacon_events(event_listener, master, "bcn2", start) == []
@@ -300,7 +357,7 @@ def test_relay_back_queue_drained_recovered(beacon_fleet, relays, event_listener
 
 
 def test_rotated_password_credentials_event_with_the_relays_reply(
-        beacon_fleet, relays, event_listener, webhook):
+        beacon_fleet, beacon_each_second, relays, event_listener, webhook):
     master, _, _ = beacon_fleet
     relay = relays["bcn2"]
     account = ACCOUNT["bcn2"]
@@ -309,7 +366,7 @@ def test_rotated_password_credentials_event_with_the_relays_reply(
     try:
         send_mail(master, "bcn2", "after-password-rotation")
         event = wait_event(event_listener, master, "bcn2", ("credentials",), start,
-                           timeout=2 * INTERVAL + 5)
+                           timeout=EVENT_TIMEOUT)
     finally:
         relay.users[account] = PASSWORDS[account]
     data = event.data

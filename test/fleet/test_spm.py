@@ -7,7 +7,7 @@ from there and relays its mail.
 import pathlib
 import subprocess
 
-from conftest import REPO, start_fleet
+from conftest import REPO, fleet_running, start_fleet
 
 SPM = str(REPO / ".venv" / "bin" / "spm")
 
@@ -45,18 +45,15 @@ def test_spm_build_install_and_apply(salt_factories, tmp_path, fleet_roots, gpg_
     _, pillar = fleet_roots
     master, hosts, minions = start_fleet(salt_factories, tmp_path / "hosts", (installed, pillar),
                                          gpg_keydir, ("spm1",), master_id="spm-master")
-    with master.started(start_timeout=120), minions["spm1"].started(start_timeout=120):
-        try:
-            cli = master.salt_cli(timeout=300)
-            assert cli.run("saltutil.sync_all", minion_tgt="spm1").returncode == 0
-            res = cli.run("state.apply", "postfix_relay", minion_tgt="spm1")
-            assert res.returncode == 0, res.stdout[-3000:]
-            assert all(v["result"] is True for v in res.data.values())
-            fleet_relay.reset()
-            res = cli.run("postfix_relay.verify", "timeout=60", minion_tgt="spm1")
-            assert res.data["status"] == "sent", res.data
-        finally:
-            hosts["spm1"].stop_postfix()
+    with fleet_running(master, minions, hosts):
+        cli = master.salt_cli(timeout=300)
+        assert cli.run("saltutil.sync_all", minion_tgt="spm1").returncode == 0
+        res = cli.run("state.apply", "postfix_relay", minion_tgt="spm1")
+        assert res.returncode == 0, res.stdout[-3000:]
+        assert all(v["result"] is True for v in res.data.values())
+        fleet_relay.reset()
+        res = cli.run("postfix_relay.verify", "timeout=60", minion_tgt="spm1")
+        assert res.data["status"] == "sent", res.data
     record = fleet_relay.wait_for(1)[0]
     assert record["mail_from"] == "spm1@example.org"
     assert pathlib.Path(hosts["spm1"].path("/etc/postfix/main.cf")).read_text().startswith(
