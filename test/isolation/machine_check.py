@@ -1,10 +1,10 @@
 """
 Driver of test_machine_untouched.py, run as its own test host playing "the
 machine": it gives itself what an admin's host has (Postfix running with its
-own main.cf, a message held in the queue, a custom password table), then runs
-the test suite twice in test hosts of its own (once to the end, once killed
-with SIGKILL while its Postfix runs) and prints, as JSON, the machine's state
-before, after each run, and what was left behind.
+own main.cf, a message held in the queue, a custom password table, an alias
+database), then runs the test suite twice in test hosts of its own (once to
+the end, once killed with SIGKILL while its Postfix runs) and prints, as JSON,
+the machine's state before, after each run, and what was left behind.
 
 Usage: scripts/test-host .venv/bin/python test/isolation/machine_check.py TESTS...
 """
@@ -65,6 +65,7 @@ def give_the_machine_its_postfix():
     PASSWD.write_text("[smtp.example.net]:587 admin:machine-secret-not-for-tests\n")
     PASSWD.chmod(0o600)
     run("postmap", f"hash:{PASSWD}")
+    run("newaliases")  # /etc/aliases.db, which clean on a "No configuration" host rebuilds
     run("postfix", "start")
     run("sendmail", "-i", "-f", "root", "admin@example.net",
         input="Subject: held on the machine\n\nmust survive every test run\n")
@@ -103,6 +104,7 @@ def machine_state():
         "passwd": file_state(PASSWD),
         "passwd.db": file_state(pathlib.Path(f"{PASSWD}.db")),
         "main.cf": file_state(pathlib.Path("/etc/postfix/main.cf")),
+        "aliases.db": file_state(pathlib.Path("/etc/aliases.db")),
     }
 
 
