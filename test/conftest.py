@@ -21,10 +21,14 @@ from setup_check import PREREQUISITES, TEST_DIR, missing_prerequisite, suite_com
 collect_ignore = [] if os.environ.get("POSTFIX_RELAY_PILLAR") else ["testinfra"]
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(session, config, items):
-    """Check once, before any test runs, what the collected suites need."""
+    """Check once, before any test runs, what the collected suites need; mark
+    the property sweeps (hypothesis tests) ``sweep``."""
     suites = set()
     for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker("sweep")
         relative = pathlib.Path(str(item.path)).resolve().relative_to(TEST_DIR)
         if len(relative.parts) > 1:
             suites.add(relative.parts[0])

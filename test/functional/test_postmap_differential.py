@@ -7,11 +7,11 @@ entry mappings; and no fragment of a secret value in any return.
 
 import os
 import subprocess
-import tempfile
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from map_types import map_types
 from salt.exceptions import SaltInvocationError
 
 SPACE = " \t\v\f\r"
@@ -27,15 +27,7 @@ SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                                            HealthCheck.too_slow])
 
 
-def types_on_this_host():
-    with tempfile.TemporaryDirectory() as conf:
-        open(os.path.join(conf, "main.cf"), "w").close()
-        out = subprocess.run(["postconf", "-c", conf, "-m"], capture_output=True,
-                             text=True).stdout.split()
-    return out
-
-
-TYPES = types_on_this_host()
+TYPES = list(map_types())
 # How postmap stores keys with smtputf8 on (the private config_dir's default):
 # full Unicode case folding (ICU), which str.casefold implements.
 fold = str.casefold

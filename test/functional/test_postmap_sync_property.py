@@ -12,18 +12,10 @@ import pwd
 import shutil
 import stat
 import subprocess
-import tempfile
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-
-def indexed_types():
-    with tempfile.TemporaryDirectory() as conf:
-        open(os.path.join(conf, "main.cf"), "w").close()
-        out = subprocess.run(["postconf", "-c", conf, "-m"], capture_output=True,
-                             text=True).stdout.split()
-    return [t for t in ("hash", "btree", "lmdb", "cdb", "dbm") if t in out]
+from map_types import indexed_types
 
 
 TYPES = indexed_types()
