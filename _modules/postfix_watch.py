@@ -379,10 +379,11 @@ def _line_time(line, now):
     return found if found <= now + 86400 else now  # a line from last December
 
 
-def _uses_xoauth2(cache):
+def _uses_xoauth2(cache, config_dir):
     """The relay login is XOAUTH2 (asked once per interval, only when needed)."""
     if "xoauth2" not in cache:
-        res = __salt__["postfix_cmd.run"](["postconf", "-hx", "smtp_sasl_mechanism_filter"])
+        res = __salt__["postfix_cmd.run"](["postconf", "-c", config_dir, "-hx",
+                                           "smtp_sasl_mechanism_filter"])
         cache["xoauth2"] = "xoauth2" in res["stdout"].lower()
     return cache["xoauth2"]
 
@@ -440,12 +441,12 @@ def _set_failure(active, condition, relay, reply, now):
     return key
 
 
-def _configured(cache):
+def _configured(cache, config_dir):
     """The relays the pillar (or main.cf) names now, as [host]:port strings;
     None when they cannot be read (then every relay counts as configured)."""
     if "configured" not in cache:
         try:
-            entries = __salt__["postfix_relay.relays"]()["relays"]
+            entries = __salt__["postfix_relay.relays"](config_dir)["relays"]
             cache["configured"] = [f"[{e['host']}]:{e['port']}" for e in entries]
         except Exception:  # pylint: disable=broad-except
             cache["configured"] = None
@@ -468,14 +469,16 @@ def _delivered(active, found, seen, configured):
             active[key]["superseded"] = True
 
 
-def observe(state, lines, now, configured=None):
+def observe(state, lines, now, configured=None, config_dir="/etc/postfix"):
     """Apply this interval's log lines, in order, to the log conditions
     (``state["active"]``): a failure sets its condition for its relay, a
     delivery clears that relay's. Returns the keys seen failing now.
     ``configured``: the relays in use (a list; default: asked of
-    postfix_relay.relays once, when a delivery needs it)."""
+    postfix_relay.relays once, when a delivery needs it); ``config_dir``:
+    the Postfix whose log this is."""
     active, seen, cache = state.setdefault("active", {}), set(), {}
-    ask = (lambda: configured) if configured is not None else (lambda: _configured(cache))
+    ask = (lambda: configured) if configured is not None else \
+        (lambda: _configured(cache, config_dir))
     for line in lines:
         found = classify(line)
         if not found:
@@ -486,7 +489,7 @@ def observe(state, lines, now, configured=None):
             continue
         name = found["condition"]
         if name == "credentials" and "cannot authenticate" in found["reply"] and \
-                _uses_xoauth2(cache):
+                _uses_xoauth2(cache, config_dir):
             name = "oauth2"
         seen.add(_set_failure(active, name, found["relay"], found["reply"], now))
     return seen
@@ -682,7 +685,8 @@ def evaluate(state, limits, config_dir="/etc/postfix"):
     now = time.time()
     _upgrade(state)
     before = {key: dict(entry) for key, entry in state["active"].items()}
-    seen = observe(state, new_lines(state, _log_source(config_dir)), now)
+    seen = observe(state, new_lines(state, _log_source(config_dir)), now,
+                   config_dir=config_dir)
     seen |= oauth2_notes(state, _read_notes(), now)
     facts = queue_facts(config_dir)
     settle(state, facts, seen, limits)

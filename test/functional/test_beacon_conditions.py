@@ -5,7 +5,9 @@ textfile, through Salt's loaders (postfix_watch as an execution module, the
 beacon loaded by salt.loader.beacons as a minion loads it).
 """
 
+import os
 import pathlib
+import time
 
 import pytest
 import salt.loader
@@ -19,8 +21,13 @@ def status_line(reply, relay="none", status="deferred"):
             f"status={status} ({reply})")
 
 
+CONF = None  # a private config dir with a main.cf (the functional conftest's)
+
+
 @pytest.fixture
-def watch(loaders):
+def watch(loaders, config_dir):
+    global CONF  # noqa: PLW0603 - interval() below reads it
+    CONF = config_dir
     return loaders.modules.postfix_watch
 
 
@@ -116,7 +123,8 @@ PRIMARY, SENDER = "[primary.example]:587", "[sender.example]:587"
 def interval(watch, state, lines, facts=EMPTY, configured=(PRIMARY, SENDER)):
     """One interval's judgement; the events as (condition, relay name)."""
     before = {k: dict(v) for k, v in state.setdefault("active", {}).items()}
-    seen = watch.observe(state, lines, 1795833000, configured=list(configured))
+    seen = watch.observe(state, lines, 1795833000, configured=list(configured),
+                         config_dir=CONF)
     watch.settle(state, facts, seen, LIMITS)
     return [(e.get("recovered", e["condition"]) + ("+" if "recovered" in e else ""),
              (e["relay"] or "").split("[")[0])
@@ -211,7 +219,8 @@ def test_oauth2_notes_are_per_relay_and_need_no_clock(watch):
                           relay="smtp.office365.com[52.96.1.1]:587")
     state["active"]["oauth2@smtp.office365.com:587"]["reply"] = "x"
     watch.observe(state, [generic.replace("SASL", "xoauth2 SASL").replace(
-        "generic failure", "xoauth2 plugin error")], 1795833100, configured=[office])
+        "generic failure", "xoauth2 plugin error")], 1795833100, configured=[office],
+        config_dir=CONF)
     assert state["active"]["oauth2@smtp.office365.com:587"]["fingerprint"] == fingerprint
     # office's token works again: only office's cleared
     assert notes(**{office: {"ok": True, "at": 3000}, google: dict(bad, at=500)}) == []
@@ -281,3 +290,21 @@ def test_metrics_textfile_names_every_gauge(watch, tmp_path):
                  "postfix_relay_beacon_checked_timestamp_seconds 1795833000"):
         assert line + "\n" in text, text
     assert [p.name for p in path.parent.iterdir()] == ["postfix_relay.prom"]  # no temp left
+
+
+def test_the_login_is_read_from_the_beacons_config_dir(watch, tmp_path):
+    """A Postfix whose main.cf filters SASL mechanisms to XOAUTH2: its
+    generic 'cannot authenticate' is the token, read from that config dir."""
+    conf = tmp_path / "xoauth2-conf"
+    conf.mkdir()
+    (conf / "main.cf").write_text("smtp_sasl_mechanism_filter = xoauth2\n")
+    old = time.time() - 60
+    os.utime(conf / "main.cf", (old, old))
+    line = status_line("SASL authentication failed; cannot authenticate to server "
+                       "smtp.office365.com[52.96.1.1]: generic failure",
+                       relay="smtp.office365.com[52.96.1.1]:587")
+    for where, condition in ((str(conf), "oauth2"), (CONF, "credentials")):
+        state = {"active": {}}
+        watch.observe(state, [line], 1795833000, configured=["[smtp.office365.com]:587"],
+                      config_dir=where)
+        assert list(state["active"]) == [f"{condition}@smtp.office365.com:587"]
