@@ -610,13 +610,13 @@ def note_oauth2(relay, ok, error=None, error_code=None):
     return notes[relay]
 
 
-def _pillar_key(relay):
+def _pillar_key(relay, relays):
     """The pillar key of the relay the log names (relay, fallback_relays:0,
-    sender_relays:...), for the fix; "relay" when none matches."""
+    sender_relays:...), for the fix; "relay" when none matches. ``relays``:
+    a function giving the configured relays (asked once for all events)."""
     name, port = _key_part(relay)
-    try:
-        entries = __salt__["postfix_relay.relays"]()["relays"]
-    except Exception:  # pylint: disable=broad-except
+    entries = relays()
+    if entries is None:
         return "relay"  # the fix still reads right with the primary's key
     match = _NAMADDR.match(relay or "")
     addr = match.group("addr").lower() if match else None
@@ -627,35 +627,44 @@ def _pillar_key(relay):
     return "relay"
 
 
-def _event(name, entry, facts, now):
+def _event(name, entry, facts, now, relays):
     data = {"tag": name, "condition": name, "cause": entry["cause"], "fix": entry["fix"],
             "relay": entry.get("relay"), "reply": entry.get("reply"),
             "deferred": facts["deferred"], "oldest_age": facts["oldest_age"],
             "since": entry.get("since"),
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
-    key = _pillar_key(entry.get("relay")) if entry.get("relay") else "relay"
+    key = _pillar_key(entry.get("relay"), relays) if entry.get("relay") else "relay"
     if key != "relay":  # name the relay's own pillar key in the fix
         data["fix"] = re.sub(r"\brelay:", f"{key}:", entry["fix"])
     data["relay_key"] = key
     return data
 
 
-def changes(before, after, facts, now):
+def changes(before, after, facts, now, config_dir="/etc/postfix"):
     """One event per change of a (condition, relay) pair: a new one, one
     whose cause changed (its fingerprint: condition, relay, code; the
     latest reply rides along in the data), and ``recovered`` (naming the
-    condition and the relay) for one that cleared."""
-    events = []
+    condition and the relay) for one that cleared. ``config_dir``: the
+    Postfix whose relays name the pillar keys."""
+    events, cache = [], {}
+
+    def relays():
+        if "relays" not in cache:
+            try:
+                cache["relays"] = __salt__["postfix_relay.relays"](config_dir)["relays"]
+            except Exception:  # pylint: disable=broad-except
+                cache["relays"] = None
+        return cache["relays"]
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)
         if new and (not old or old.get("fingerprint") != new.get("fingerprint")):
-            events.append(_event(new.get("condition", key), new, facts, now))
+            events.append(_event(new.get("condition", key), new, facts, now, relays))
         elif old and not new:
             name = old.get("condition", key)
             where = f" for {old['relay']}" if old.get("relay") else ""
             data = _event("recovered", dict(old, cause=f"{name} cleared{where} (was: "
                                             f"{old['cause']})", fix="nothing to do"),
-                          facts, now)
+                          facts, now, relays)
             data["recovered"] = name
             events.append(data)
     return events
@@ -691,7 +700,8 @@ def evaluate(state, limits, config_dir="/etc/postfix"):
     facts = queue_facts(config_dir)
     settle(state, facts, seen, limits)
     state["checked"] = now
-    return {"events": changes(before, state["active"], facts, now), "facts": facts}
+    return {"events": changes(before, state["active"], facts, now, config_dir),
+            "facts": facts}
 
 
 def conditions(deferred_max=10, age_max=3600, config_dir="/etc/postfix", path=None):

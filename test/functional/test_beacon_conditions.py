@@ -128,7 +128,7 @@ def interval(watch, state, lines, facts=EMPTY, configured=(PRIMARY, SENDER)):
     watch.settle(state, facts, seen, LIMITS)
     return [(e.get("recovered", e["condition"]) + ("+" if "recovered" in e else ""),
              (e["relay"] or "").split("[")[0])
-            for e in watch.changes(before, state["active"], facts, 1795833000)]
+            for e in watch.changes(before, state["active"], facts, 1795833000, CONF)]
 
 
 def test_a_failing_relay_stays_failing_until_mail_proves_otherwise(watch):
