@@ -223,6 +223,7 @@ class Relay:
         self.messages = []
         self.auth_attempts = []
         self.dropped = 0
+        self.open_sessions = 0  # SMTP connections open now (Postfix caches idle ones)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._controller = None
@@ -236,6 +237,7 @@ class Relay:
         names = self.cert_names
         if names is None and self.host not in ("127.0.0.1", "localhost"):
             names = (self.hostname, "localhost", "127.0.0.1", self.host)  # e.g. ::1
+        self.open_sessions = 0
         self.certs = make_certs(self.cert_dir, self.hostname, names)
         self.ca_file = self.certs["ca"]
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -273,6 +275,14 @@ class Relay:
                     return record
             time.sleep(0.1)
         return None
+
+    def wait_idle(self, timeout=30):
+        """Wait until no SMTP session is open (Postfix closes a cached idle
+        one after smtp_connection_cache_time_limit); False if one still is."""
+        deadline = time.monotonic() + timeout
+        while self.open_sessions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self.open_sessions
 
     def stop(self):
         if self._controller is not None:
@@ -444,6 +454,21 @@ class _RelaySMTP(SMTP):
     def __init__(self, relay, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._relay = relay
+
+    def connection_made(self, transport):
+        # (called again on the same connection once STARTTLS is done)
+        if not getattr(self, "_counted", False):
+            self._counted = True
+            with self._relay._lock:
+                self._relay.open_sessions += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, error):
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with self._relay._lock:
+                self._relay.open_sessions -= 1
+        super().connection_lost(error)
 
     async def smtp_AUTH(self, arg):  # noqa: N802 (aiosmtpd naming)
         if self.transport.get_extra_info("ssl_object") is None:

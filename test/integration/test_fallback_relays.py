@@ -7,22 +7,16 @@ as it is back. Real Postfix, real relays on the test host's loopback.
 Run inside a private test host (scripts/test-host).
 """
 
-import time
-
 import pytest
 
 from conftest import MAILLOG, flush_queue, new_token, send_with_sendmail
 from relay import GreetingRefuser, free_port
-from test_reliability import assert_exactly_once, queue, received, submit, wait_received
+from test_reliability import assert_exactly_once, queue, received_once_queue_empty, submit
 from test_several_relays import (  # noqa: F401 (a module fixture, autouse)
     ACCOUNTS, FAST_RETRY, apply_ok, arrival, entry, no_relay_password_leaked, postconf,
     relayhost_list, start_relay,
 )
 
-# Postfix keeps an idle session for smtp_connection_cache_time_limit (2 s) and
-# gives it to the next mail for the same destination: the fallback's session
-# must be gone before "primary back" can show.
-CONNECTION_CACHE_S = 2.0
 
 
 def fallback_pillar(applier, primary_port, fb1_port, fb2_port, host=("127.0.0.1",) * 3):
@@ -47,17 +41,17 @@ def assert_all_from(seen, tokens, relay, name):
 
 
 def settle(relays, tokens):
-    """What reached relays, once a duplicate would have shown up too."""
-    wait_received(relays, tokens, timeout=120)
-    time.sleep(1)
-    return received(relays, tokens)
+    """What reached relays, once the queue is empty (nothing left that could
+    arrive a second time)."""
+    return received_once_queue_empty(relays, tokens)
 
 
 def wait_for_idle_cache(relay):
-    """Sleep until the cached session to relay, idle since its last message,
-    has expired."""
-    last = max(r["received_at"] for r in relay.messages)
-    time.sleep(max(0.0, last + CONNECTION_CACHE_S + 0.5 - time.time()))
+    """Until Postfix closed its cached session to relay (it keeps an idle one
+    for smtp_connection_cache_time_limit, 2 s, and gives it to the next mail
+    for the same destination: the fallback's session must be gone before
+    "primary back" can show)."""
+    assert relay.wait_idle(), "Postfix kept its session to the fallback open"
 
 
 def primary_down(fault, port):

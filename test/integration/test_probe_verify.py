@@ -271,10 +271,11 @@ def test_verify_fails_with_nonzero_retcode_when_postfix_is_down(applier, tmp_pat
     try:
         apply_ok(applier, pillar_for(applier, relay))
         stop_postfix()
-        code, data = call(applier, "postfix_relay.verify", "timeout=3")
+        # nothing is ever logged with Postfix down: a short wait proves as much
+        code, data = call(applier, "postfix_relay.verify", "timeout=1")
     finally:
         relay.stop()
         subprocess.run(["postsuper", "-d", "ALL"], capture_output=True, check=False)
     assert code != 0
     assert data["ok"] is False
-    assert "no delivery attempt was logged within 3 s" in causes(data)
+    assert "no delivery attempt was logged within 1 s" in causes(data)
