@@ -17,6 +17,7 @@ for a week sends one event, not one per interval. The work is done by
         - deferred_max: 10        # messages
         - age_max: 3600           # seconds
         - metrics_textfile: /var/lib/prometheus/node-exporter/postfix_relay.prom
+        - config_dir: /etc/postfix  # the Postfix to watch (its log, queue, relays)
 
 Installed from the pillar by the ``postfix_relay.beacon`` SLS. Beacons run in
 a running salt-minion, not under ``salt-call --local``.
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "postfix_relay"
 
-DEFAULTS = {"deferred_max": 10, "age_max": 3600, "metrics_textfile": None}
+DEFAULTS = {"deferred_max": 10, "age_max": 3600, "metrics_textfile": None,
+            "config_dir": "/etc/postfix"}
 # Salt's own per-beacon keys, accepted beside ours
 SALT_KEYS = {"interval", "disable_during_state_run", "beacon_module", "run_once", "enabled"}
 
@@ -56,7 +58,8 @@ def _count(value, minimum):
 
 def validate(config):
     """(True, message) for a list of dicts with deferred_max (>= 0), age_max
-    (seconds, >= 1), metrics_textfile (absolute *.prom path or None)."""
+    (seconds, >= 1), metrics_textfile (absolute *.prom path or None),
+    config_dir (an absolute path)."""
     if not isinstance(config, list):
         return False, "postfix_relay beacon: configuration must be a list of dicts"
     settings = _settings(config)
@@ -73,6 +76,8 @@ def validate(config):
                                      and textfile.endswith(".prom")):
         return False, "postfix_relay beacon: metrics_textfile must be an absolute path " \
                       "ending in .prom"
+    if not (isinstance(settings["config_dir"], str) and os.path.isabs(settings["config_dir"])):
+        return False, "postfix_relay beacon: config_dir must be an absolute path"
     return True, "Valid beacon configuration"
 
 
@@ -86,7 +91,7 @@ def beacon(config):
     settings = _settings(config)
     watch = __salt__
     state = watch["postfix_watch.load_state"]()
-    out = watch["postfix_watch.evaluate"](state, settings)
+    out = watch["postfix_watch.evaluate"](state, settings, settings["config_dir"])
     _metrics(settings.get("metrics_textfile"), out["facts"], state)
     watch["postfix_watch.save_state"](state)
     for event in out["events"]:

@@ -27,11 +27,14 @@ def __virtual__():
 
 
 def _facts_key(config_dir):
-    """What the facts depend on: the postconf binary and the dynamic map list
-    (ctime too: a copy that keeps size and mtime still changes it)."""
+    """What the facts depend on: the postconf binary and the dynamic map list,
+    in config_dir and in /etc/postfix (postconf -c reads the latter's whatever
+    config_dir says; postfix-lmdb and friends edit it); ctime too: a copy that
+    keeps size and mtime still changes it."""
+    maps = [os.path.join(d, n) for d in sorted({config_dir, "/etc/postfix"})
+            for n in ("dynamicmaps.cf", "dynamicmaps.cf.d")]
     parts = []
-    for path in (shutil.which("postconf"), os.path.join(config_dir, "dynamicmaps.cf"),
-                 os.path.join(config_dir, "dynamicmaps.cf.d")):
+    for path in (shutil.which("postconf"), *maps):
         try:
             st = os.stat(path)
             parts.append(f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}")
@@ -71,10 +74,11 @@ def facts(config_dir="/etc/postfix"):
         cached = {}
     if cached.get("key") != key:
         cached = {"key": key, "facts": _read_facts(config_dir)}
-        with contextlib.suppress(OSError):
-            __utils__["postfix_files.private_dir"](os.path.dirname(cache_file))
-            __utils__["postfix_files.write_atomic"](cache_file, json.dumps(cached),
-                                                   backdate_mtime=False)
+        if not __opts__.get("test"):  # a dry run writes nothing, not even a cache
+            with contextlib.suppress(OSError):
+                __utils__["postfix_files.private_dir"](os.path.dirname(cache_file))
+                __utils__["postfix_files.write_atomic"](cache_file, json.dumps(cached),
+                                                       backdate_mtime=False)
     __context__["postfix_facts.facts"] = cached
     return dict(cached["facts"])
 

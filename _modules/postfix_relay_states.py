@@ -235,7 +235,7 @@ def oauth2_keepalive(lookup):
     return states
 
 
-def beacon(lookup):  # pylint: disable=unused-argument
+def beacon(lookup):
     """The postfix_relay beacon from pillar ``postfix_relay:beacon`` (a bad
     value stops the render naming the key), saved to minion.d/beacons.conf.
     Without the key: the beacon removed, and the files it wrote (its state,
@@ -257,6 +257,8 @@ def beacon(lookup):  # pylint: disable=unused-argument
     if wanted:
         args = {"metrics_textfile": wanted["metrics_textfile"]} \
             if wanted["metrics_textfile"] else {}
+        if lookup["config_dir"] != "/etc/postfix":  # the beacon watches that Postfix
+            args["config_dir"] = lookup["config_dir"]
         return {"postfix-relay-beacon": _state(
             "beacon.present", name="postfix_relay", save=True, interval=wanted["interval"],
             deferred_max=wanted["deferred_max"], age_max=wanted["age_max"], **args)}

@@ -4,5 +4,5 @@
     stays installed and running, delivering locally.
     Built in Python: _modules/postfix_relay_states.py (clean); see the states
     with `salt-call state.show_sls postfix_relay.clean`. -#}
-{%- if "postfix_relay_states.sls" not in salt %}{{ raise("postfix_relay: the formula's modules are not synced to this minion yet: run `salt-call saltutil.sync_all` (or `salt '*' saltutil.sync_all`) once, or apply with `state.apply postfix_relay sync_mods=all`") }}{% endif %}
+{%- if "postfix_relay_states.sls" not in salt %}{% include "postfix_relay/unsynced.jinja" %}{% endif %}
 {{ salt["postfix_relay_states.sls"]("clean", saltenv) | json(sort_keys=False) }}

@@ -268,6 +268,8 @@ def test_scrub_drops_what_looks_secret_and_keeps_the_words(watch, text, secret, 
     ([{"metrics_textfile": "postfix.prom"}], "metrics_textfile must be an absolute path"),
     ([{"metrics_textfile": "/tmp/postfix.txt"}], "metrics_textfile must be an absolute path"),
     ([{"deferred": 1}], "unknown key deferred"),
+    ([{"config_dir": "/etc/postfix-out"}], "Valid"),
+    ([{"config_dir": "postfix-out"}], "config_dir must be an absolute path"),
 ])
 def test_validate_as_salt_calls_it(beacons, config, message):
     ok, said = beacons["postfix_relay.validate"](config)
@@ -308,3 +310,23 @@ def test_the_login_is_read_from_the_beacons_config_dir(watch, tmp_path):
         watch.observe(state, [line], 1795833000, configured=["[smtp.office365.com]:587"],
                       config_dir=where)
         assert list(state["active"]) == [f"{condition}@smtp.office365.com:587"]
+
+
+def test_the_beacon_watches_its_config_dir(beacons, minion_opts, tmp_path):
+    """A beacon configured for another Postfix follows that Postfix's log
+    (its main.cf's maillog_file), not /etc/postfix's."""
+    conf, log = tmp_path / "other", tmp_path / "other-mail.log"
+    conf.mkdir()
+    log.write_text("")
+    (conf / "main.cf").write_text(f"maillog_file = {log}\n")
+    old = time.time() - 60
+    os.utime(conf / "main.cf", (old, old))
+    state = pathlib.Path(minion_opts["cachedir"]) / "postfix_relay" / "beacon.json"
+    state.unlink(missing_ok=True)  # a fresh beacon: it starts at the log's end
+    config = [{"config_dir": str(conf)}]
+    assert beacons["postfix_relay.beacon"](config) == []
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(refused_line(21, host="smtp.example.net[192.0.2.9]:587") + "\n")
+    events = beacons["postfix_relay.beacon"](config)
+    assert [(e["condition"], e["relay"]) for e in events] == \
+        [("unreachable", "smtp.example.net[192.0.2.9]:587")]

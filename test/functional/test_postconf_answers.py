@@ -6,6 +6,7 @@ binary is asked again. A `postconf` first in PATH counts the real one's runs.
 """
 
 import os
+import shutil
 import stat
 
 import pytest
@@ -92,3 +93,64 @@ def test_the_answers_file_is_root_only(loaders, conf, minion_opts):
     path = os.path.join(minion_opts["cachedir"], "postmap", "postconf.json")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+
+
+@pytest.fixture
+def machine_maps():
+    """/etc/postfix/dynamicmaps.cf, restored afterwards: only in a test host
+    (scripts/test-host: a private /etc/postfix), never the machine's."""
+    if not os.environ.get("TEST_HOST_MACHINE_NET"):
+        pytest.skip("edits /etc/postfix/dynamicmaps.cf: runs in a test host (./run-tests)")
+    path = "/etc/postfix/dynamicmaps.cf"
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        yield path, text
+    finally:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+
+def test_a_table_type_added_to_etc_postfix_counts_for_any_config_dir(loaders, conf,
+                                                                     machine_maps):
+    """postconf -c DIR reads /etc/postfix/dynamicmaps.cf whatever DIR is (the
+    postfix-lmdb package adds its line there): both caches follow it."""
+    path, text = machine_maps
+    assert "\nlmdb" in "\n" + text
+    without = "".join(line for line in text.splitlines(True) if not line.startswith("lmdb"))
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(without)
+    mod = loaders.modules
+    assert "lmdb" not in mod["postfix_facts.facts"](conf)["map_types"]
+    assert "lmdb" not in mod["postmap.map_types"](conf)
+    with open(path, "w", encoding="utf-8") as handle:  # the package installed again
+        handle.write(text)
+    new_salt_call(loaders)
+    assert "lmdb" in mod["postfix_facts.facts"](conf)["map_types"]
+    assert "lmdb" in mod["postmap.map_types"](conf)
+
+
+def test_a_dry_run_writes_neither_cache(loaders, conf, minion_opts, tmp_path):
+    """test=True: the states that ask Postfix (a table, main.cf) answer, and
+    neither answer cache is written."""
+    caches = [os.path.join(minion_opts["cachedir"], "postfix_relay", "facts.json"),
+              os.path.join(minion_opts["cachedir"], "postmap", "postconf.json")]
+    for path in caches:  # what earlier tests left
+        if os.path.exists(path):
+            os.unlink(path)
+    new_salt_call(loaders)
+    table = tmp_path / "table"
+    ret = loaders.states.postmap.managed(name=str(table), entries={"a": "b"}, map_type="hash",
+                                         config_dir=conf, test=True)
+    assert ret.result is None and not table.exists(), ret.comment
+    master_cf = next(p for p in ("/etc/postfix/master.cf", "/usr/share/postfix/master.cf.dist")
+                     if os.path.exists(p))
+    shutil.copy(master_cf, os.path.join(conf, "master.cf"))
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    ret = loaders.states.postfix_control.main_cf(
+        name=os.path.join(conf, "main.cf"), config_dir=conf, test=True,
+        params={"relayhost": "[smtp.example.net]:587", "queue_directory": str(queue),
+                "data_directory": str(tmp_path / "data")})
+    assert ret.result is None, ret.comment
+    assert [path for path in caches if os.path.exists(path)] == []
