@@ -150,7 +150,8 @@ def _reachable_as_configured(result, host, port, wrapper, timeout):
               f"check {key}:host and this host's DNS (/etc/resolv.conf)")
         return False
     try:
-        plain_first = __utils__["postfix_tls.banner_first"](host, port, min(timeout, 5))
+        plain_first = __utils__["postfix_tls.banner_first"](host, port, min(timeout, 5),
+                                                            tls_first=wrapper)
     except OSError as exc:
         _diag(result, f"relay {host}:{port} is unreachable: {exc.strerror or exc}",
               f"check {key}:host and {key}:port, and that the relay and firewalls allow it")

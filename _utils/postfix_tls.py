@@ -37,15 +37,33 @@ def policy_keys(nexthop):
     return keys
 
 
-def banner_first(host, port, wait):
+def banner_first(host, port, wait, tls_first=False):
     """True when the server speaks first in plain text (a STARTTLS/plain port),
-    False when it waits silently for a TLS ClientHello (an implicit-TLS port)."""
+    False when it waits silently for a TLS ClientHello (an implicit-TLS port).
+    ``tls_first`` (wrappermode expects implicit TLS): say hello in TLS at once
+    rather than wait ``wait`` seconds for a greeting that never comes; a plain
+    server's greeting fails that handshake at once. Nothing is sent but the
+    hello: no certificate is judged here."""
     with socket.create_connection((host, port), timeout=wait) as sock:
         sock.settimeout(wait)
+        if tls_first:
+            return _plain_answers_tls_hello(sock)
         try:
             return sock.recv(4).startswith(b"2")
         except TimeoutError:
             return False
+
+
+def _plain_answers_tls_hello(sock):
+    try:
+        with tls_context(False, None).wrap_socket(sock):
+            return False  # a TLS handshake: implicit TLS
+    except ssl.SSLEOFError:
+        raise OSError("the relay closed the connection during the TLS handshake") from None
+    except ssl.SSLError:
+        return True  # plain text where a ServerHello belongs: a greeting
+    except TimeoutError:
+        return False  # silence: not a plain greeting either
 
 
 def tls_context(verify, ca_file):
