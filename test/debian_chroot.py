@@ -1,16 +1,15 @@
 """
-Debian trees for tests: mmdebstrap from Debian's mirror, the pinned Salt in a
-venv inside (wheels from PyPI, built once per Python and kept), the formula as
-a file root, and a way to run commands in the tree as its own host (private
-mount and UTS namespaces with /proc, /dev and /run of its own, chrooted; the
-network is the test host's, downloads go out through the machine's).
+Debian trees for tests: debootstrap from Debian's mirror, the pinned Salt in a
+venv inside (pip from PyPI), the formula as a file root, and a way to run
+commands in the tree as its own host (private mount and UTS namespaces with
+/proc, /dev and /run of its own, chrooted; the network is the test host's,
+downloads go out through the machine's).
 
-mmdebstrap and pip run once per key (suite, architecture, packages, Salt pin,
+debootstrap and pip run once per key (suite, architecture, packages, Salt pin,
 preparation step): the pristine tree is kept in /var/cache/postfix_relay-tests
 and each test session works on its own copy.
 """
 
-import contextlib
 import fcntl
 import hashlib
 import inspect
@@ -20,7 +19,6 @@ import pathlib
 import shutil
 import subprocess
 import textwrap
-import threading
 import time
 
 import yaml
@@ -30,7 +28,7 @@ MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ["postfix", "libsasl2-modules", "gcc", "libc6-dev", "ca-certificates",
                  "procps"]
 DEFAULT_CACHE = "/var/cache/postfix_relay-tests"
-TREE_FORMAT = 2  # bump when make_tree() changes what a tree holds
+TREE_FORMAT = 1  # bump when make_tree() changes what a tree holds
 MAX_AGE_DAYS = 14
 
 
@@ -184,127 +182,29 @@ def prune(cache, kind, keep):
 
 
 def make_tree(root, suite, python, packages, prepare):
-    """mmdebstrap suite into root, then the pinned Salt in /opt/salt."""
-    bootstrap(root, suite, BASE_PACKAGES + [python, f"{python}-venv", f"{python}-dev"]
-              + list(packages))
+    """debootstrap suite into root, then the pinned Salt in /opt/salt."""
+    python_pkgs = [python, f"{python}-venv", f"{python}-dev"]
+    res = subprocess.run(with_network(
+        ["debootstrap", "--variant=minbase",
+         f"--include={','.join(BASE_PACKAGES + python_pkgs + list(packages))}",
+         suite, str(root), MIRROR]), capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     chroot = Chroot(root, suite)
+    # This machine's CA bundle: PyPI may be reached through a TLS proxy it trusts.
+    shutil.copy("/etc/ssl/certs/ca-certificates.crt", root / "tmp/host-ca.crt")
     shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    shutil.copy(REPO / "requirements.txt", root / "tmp/requirements.txt")
     chroot.run(python, "-m", "venv", "/opt/salt")
-    install_salt(chroot)
+    chroot.run("/opt/salt/bin/pip", "install", "-q", "--disable-pip-version-check",
+               "--no-cache-dir", "-c", "/tmp/requirements.txt", f"salt=={salt_version()}",
+               env={name: "/tmp/host-ca.crt"  # pip 23 (bookworm) ignores SSL_CERT_FILE
+                    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")},
+               timeout=1200, network=True)
+    for name in ("host-ca.crt", "requirements.txt"):
+        (root / "tmp" / name).unlink()
     if prepare:
         prepare(chroot)
     os.utime(root)  # the tree's age, for expired(): nothing writes to its top after this
-
-
-# mmdebstrap's own hook: /bin, /sbin and /lib as symlinks into /usr, as
-# debootstrap makes them (without it bookworm gets usrmerge and Perl).
-MERGED_USR = "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr"
-
-
-def bootstrap(root, suite, packages, arch=None, hooks=()):
-    """mmdebstrap suite into root: --variant=minbase and packages, as
-    debootstrap made them (same packages, merged /usr, apt's package lists
-    kept, every package marked manually installed). apt downloads in parallel
-    and dpkg installs in a few runs: half debootstrap's CPU time for an amd64
-    tree. arch: a foreign architecture (run through binfmt_misc)."""
-    argv = ["mmdebstrap", "--mode=root", "--variant=minbase", f"--include={','.join(packages)}",
-            # kept as debootstrap leaves them: apt's lists, systemd's machine-id
-            # (emptied, a booted tree would count as a first boot), dpkg's log
-            "--skip=cleanup/apt/lists", "--skip=cleanup/reproducible", MERGED_USR, *hooks,
-            # as debootstrap: a mirror's Release past its Valid-Until (unstable's,
-            # on a mirror snapshot) is used; the option is for this run only
-            '--aptopt=Acquire::Check-Valid-Until "false"',
-            '--customize-hook=rm -f "$1/etc/apt/apt.conf.d/99mmdebstrap"'
-            ' "$1/var/lib/apt/extended_states"']
-    if arch:
-        # binfmt_misc is checked by the suite (arm64_tree.binfmt_problem), not arch-test
-        argv += [f"--architectures={arch}", "--skip=check/qemu"]
-    res = subprocess.run(with_network([*argv, suite, str(root), MIRROR]), capture_output=True,
-                         text=True, timeout=1800)
-    assert res.returncode == 0, f"mmdebstrap {suite}:\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
-
-
-def install_salt(chroot):
-    """The pinned Salt in the tree's /opt/salt, installed offline from wheels:
-    those earlier trees kept (wheelhouse()), and what this tree's Python still
-    lacks built by its pip, once, and kept for the next tree (timelib's C build
-    and Salt's sdist were most of a tree's pip time)."""
-    have = chroot.path("/tmp/wheels/have")
-    chroot.path("/tmp/wheels/new").mkdir(parents=True)
-    shutil.copy(REPO / "requirements.txt", chroot.path("/tmp/wheels/requirements.txt"))
-    pins = ["-c", "/tmp/wheels/requirements.txt", f"salt=={salt_version()}"]
-    offline = [*TREE_PIP, "install", "--no-index", "--find-links", "/tmp/wheels/have",
-               "--find-links", "/tmp/wheels/new", *pins]
-    copy_wheels(have)
-    if chroot.run(*offline, check=False, timeout=1200).returncode != 0:
-        # one tree per Python version builds what is missing, the others wait for it
-        tag = chroot.run("/opt/salt/bin/python3", "-c",
-                         "import sys; print(sys.implementation.cache_tag)").stdout.strip()
-        with locked(wheelhouse().with_name(f"{wheelhouse().name}-{tag}.lock")):
-            shutil.rmtree(have)
-            copy_wheels(have)  # with what another tree kept meanwhile
-            if chroot.run(*offline, check=False, timeout=1200).returncode != 0:
-                build_wheels(chroot, pins)
-                chroot.run(*offline, timeout=1200)
-    shutil.rmtree(chroot.path("/tmp/wheels"))
-
-
-TREE_PIP = ["/opt/salt/bin/pip", "--disable-pip-version-check", "-q"]
-
-
-def build_wheels(chroot, pins):
-    """The wheels the tree's Python lacks, by its pip (from PyPI, with the
-    ones in /tmp/wheels/have), into /tmp/wheels/new and wheelhouse()."""
-    # This machine's CA bundle: PyPI may be reached through a TLS proxy it trusts.
-    shutil.copy("/etc/ssl/certs/ca-certificates.crt", chroot.path("/tmp/host-ca.crt"))
-    chroot.run(*TREE_PIP, "wheel", "--no-cache-dir", "--find-links", "/tmp/wheels/have",
-               "-w", "/tmp/wheels/new", *pins, timeout=1200, network=True,
-               env={name: "/tmp/host-ca.crt"  # pip 23 (bookworm) ignores SSL_CERT_FILE
-                    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")})
-    chroot.path("/tmp/host-ca.crt").unlink()
-    keep_wheels(chroot.path("/tmp/wheels/new").glob("*.whl"))
-
-
-def wheelhouse():
-    """Wheels of the pinned Salt and its dependencies, for every tree's
-    Python and architecture (pip takes those that fit), kept beside the
-    trees; one per requirements.txt, older ones removed."""
-    digest = hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest()[:12]
-    house = cache_dir() / f"wheels-{digest}"
-    if not house.is_dir():
-        house.mkdir(parents=True, exist_ok=True)
-        for old in cache_dir().glob("wheels-*"):
-            if old.name.startswith(house.name):
-                continue
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:  # its locks
-                old.unlink(missing_ok=True)
-    return house
-
-
-def keep_wheels(wheels):
-    """Each wheel into wheelhouse() under its own name, whole or not at all
-    (other trees read it meanwhile)."""
-    house = wheelhouse()
-    for wheel in wheels:
-        if not (house / wheel.name).exists():
-            part = house / f".{wheel.name}.{os.getpid()}-{threading.get_ident()}"
-            shutil.copy(wheel, part)
-            part.rename(house / wheel.name)
-
-
-def copy_wheels(to):
-    """wheelhouse()'s wheels into the directory to (not those being written)."""
-    shutil.copytree(wheelhouse(), to, ignore=shutil.ignore_patterns(".*"))
-
-
-@contextlib.contextmanager
-def locked(path):
-    """An exclusive lock on path (created), held for the with block."""
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def install_formula(root):
