@@ -667,6 +667,10 @@ def query(path, key, map_type=None, config_dir="/etc/postfix"):
         salt-call postmap.query /etc/postfix/sasl/passwd '[smtp.example.net]:587'
     """
     map_type = map_type or default_type(config_dir)
+    if not all(os.path.exists(f) for f in compiled_files(path, map_type)):
+        # What postmap answers (no entry), without its fatal error's 1 s sleep
+        # (the probe asks several keys of a table that was never compiled).
+        return None
     with __utils__["postfix_files.readable_config_dir"](config_dir) as conf:
         res = __salt__["postfix_cmd.run"](
             ["postmap", "-c", conf, "-q", key, f"{map_type}:{path}"], rstrip=False)
