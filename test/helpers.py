@@ -27,3 +27,11 @@ def salt_major():
 # the formula on 3008; the formula's code is the same on all three.
 NEEDS_SALT_3008_LOADERS = (
     "the loaders of Salt < 3008 keep the grains and file_roots a module first saw")
+
+
+def forwarded_logs(role):
+    """Config for a Salt process salt-factories starts: forward only its
+    warnings to pytest. By default it sends every DEBUG record over ZMQ, about
+    4 % of a salt-call's CPU time; the process's own log file keeps DEBUG (the
+    secret checks read it)."""
+    return {f"pytest-{role}": {"log": {"level": "warning"}}}

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from helpers import forwarded_logs
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PYTHON = str(REPO / ".venv" / "bin" / "python3")
@@ -173,12 +174,14 @@ def start_fleet(salt_factories, base, roots, keydir, ids, master_id="fleet-maste
         # waits for salt-factories to run `salt-key --accept` (a process of
         # its own) and retries; the tests are about the formula, not keys.
         "auto_accept": True,
+        **forwarded_logs("master"),
         **(master_overrides or {}),
     })
     hosts = {host_id: Host(base, host_id) for host_id in ids}
     minions = {}
     for host_id in ids:
         minion = master.salt_minion_daemon(host_id, overrides={"enable_fqdns_grains": False,
+                                                               **forwarded_logs("minion"),
                                                                **(minion_overrides or {})})
         # salt-factories starts `python_executable script args`: the wrapper
         # makes the minion process (and all it spawns) that host.

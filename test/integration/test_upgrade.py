@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 import yaml
+from helpers import forwarded_logs
 
 from conftest import (
     PASSWORD, REPO, USER, changed_ids, dump, flush_queue, new_token, send_with_sendmail,
@@ -127,7 +128,7 @@ def host(salt_factories, tmp_path, relay, host_postfix):
                   "password": PASSWORD, "tls": "encrypt"}}}))
     minion = salt_factories.salt_minion_daemon("postfix-relay-upgrade", overrides={
         "file_client": "local", "file_roots": {"base": [str(formula_path)]},
-        "pillar_roots": {"base": [str(pillar)]}})
+        "pillar_roots": {"base": [str(pillar)]}, **forwarded_logs("minion")})
     upgraded = Host(minion.salt_call_cli(timeout=300), conf)
     yield upgraded
     assert not [r for r in upgraded.returns if PASSWORD in r], "password in a return"
