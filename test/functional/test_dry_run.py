@@ -113,20 +113,22 @@ OAUTH2_PILLAR = {"postfix_relay": {
 
 
 @pytest.fixture
-def oauth2_pillar(minion_opts, layout):
+def oauth2_pillar(minion_opts, loaders, layout):
     """The pillar the minion compiles (state functions take no pillar= here),
-    for this test only."""
+    for this test only; the loaders start from it, as a new salt-call would."""
     pillar = copy.deepcopy(OAUTH2_PILLAR)
     pillar["postfix_relay"]["lookup"] = {"config_dir": str(layout["conf"])}
     root = pathlib.Path(minion_opts["pillar_roots"]["base"][0])
-    root.mkdir(exist_ok=True)
-    (root / "top.sls").write_text("base:\n  '*':\n    - dry_run\n")
+    top = (root / "top.sls").read_text()
+    (root / "top.sls").write_text(top + "    - dry_run\n")
     (root / "dry_run.sls").write_text(json.dumps(pillar))
+    loaders.reload_all()
     try:
         yield pillar
     finally:
-        for name in ("top.sls", "dry_run.sls"):
-            (root / name).unlink()
+        (root / "top.sls").write_text(top)
+        (root / "dry_run.sls").unlink()
+        loaders.reload_all()
 
 
 def test_token_file_dry_run_reports_the_repairs_and_removals(loaders, layout, oauth2_pillar):
