@@ -16,3 +16,4 @@ def trixie(tmp_path_factory):
     chroot = build(tmp_path_factory.mktemp("debian13") / "root", "trixie", "trixie")
     yield chroot
     chroot.run("postfix", "stop", check=False)
+    chroot.close()

@@ -1,15 +1,16 @@
 """
-An arm64 Debian tree (a Raspberry Pi stand-in) on this amd64 machine: debootstrap
---arch=arm64, run through qemu-user-static's binfmt_misc handler, the pinned Salt
-in /opt/salt, the formula as a file root. Built on test/debian_chroot.py without
+An arm64 Debian tree (a Raspberry Pi stand-in) on this amd64 machine: mmdebstrap
+--architectures=arm64, run through qemu-user-static's binfmt_misc handler, the
+pinned Salt in /opt/salt, the formula as a file root. Built on test/debian_chroot.py without
 changing it; what it lacks for this (an architecture in build/tree_key/make_tree)
 lives here. Downloads go through debian_chroot.with_network.
 
-The pristine tree (debootstrap and Salt's venv, both slow under emulation) is kept
+The pristine tree (its packages and Salt's venv, slow under emulation) is kept
 in the same cache as the other trees, under its own name, so that
 debian_chroot.prune() of a bookworm amd64 tree never takes it.
 """
 
+import concurrent.futures
 import fcntl
 import hashlib
 import inspect
@@ -20,11 +21,11 @@ import shutil
 import subprocess
 
 import debian_chroot
-from debian_chroot import (BASE_PACKAGES, MIRROR, REPO, Chroot, cache_dir, expired,
+from debian_chroot import (BASE_PACKAGES, MIRROR, REPO, Chroot, cache_dir, expired, in_use,
                            salt_version, with_network)
 
 ARCH = "arm64"
-TREE_FORMAT = 1  # bump when make_tree() changes what a tree holds
+TREE_FORMAT = 2  # bump when make_tree() changes what a tree holds
 BINFMT = pathlib.Path("/proc/sys/fs/binfmt_misc")
 # The e_machine of an aarch64 ELF file (EM_AARCH64), at byte 18, little-endian.
 EM_AARCH64 = 183
@@ -55,8 +56,8 @@ def binfmt_problem():
 
 
 def build(root, suite, hostname, python="python3", packages=()):
-    """debian_chroot.build() for arm64: a copy of the cached pristine tree, the
-    machine's resolver, the host name, the formula."""
+    """debian_chroot.build() for arm64: an overlay on the cached pristine tree,
+    the machine's resolver, the host name, the formula (chroot.close() ends it)."""
     return debian_chroot.session_copy(pristine(suite, python, packages), root, hostname)
 
 
@@ -69,7 +70,9 @@ def tree_key(suite, python, packages):
         "packages": sorted({*BASE_PACKAGES, *packages}),
         "requirements": hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest(),
         "make_tree": "".join(inspect.getsource(step) for step in
-                             (make_tree, install_salt, fetch_wheels, cross_wheel)),
+                             (make_tree, update_ca_certificates, install_salt, fetch_wheels,
+                              arm64_sysroot, cross_wheel, debian_chroot.bootstrap))
+        + STUB_CA_UPDATE,
         "packages_here": PACKAGES,
     }, sort_keys=True)
     return f"pi-{suite}-{ARCH}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
@@ -84,7 +87,8 @@ def pristine(suite, python="python3", packages=()):
     tree = cache / key
     with open(cache / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not tree.is_dir() or expired(tree):
+        # an expired tree that a session runs on is used once more, not removed under it
+        if not tree.is_dir() or (expired(tree) and not in_use(tree)):
             building = cache / f"{key}.building"
             shutil.rmtree(building, ignore_errors=True)
             make_tree(building, suite, python, packages)
@@ -97,49 +101,78 @@ def pristine(suite, python="python3", packages=()):
 def prune(cache, suite, keep):
     """arm64 trees of this suite made from older inputs."""
     for old in cache.glob(f"pi-{suite}-{ARCH}-*"):
-        if old.name != keep and old.is_dir() and not old.name.endswith(".building"):
+        if (old.name != keep and old.is_dir() and not old.name.endswith(".building")
+                and not in_use(old)):
             shutil.rmtree(old, ignore_errors=True)
-            old.with_name(old.name + ".lock").unlink(missing_ok=True)
+            for lock in (".lock", ".use"):
+                old.with_name(old.name + lock).unlink(missing_ok=True)
 
 
-# A Pi owner's tree needs no compiler here: the one C extension Salt needs
-# (timelib) is cross-compiled on this machine (below), which also spares
-# unpacking gcc under emulation (about half of debootstrap's time).
+# A Pi owner's tree needs no compiler here, nor Python's headers: the one C
+# extension Salt needs (timelib) is cross-compiled on this machine (below),
+# which also spares unpacking gcc and libc's headers under emulation.
 PACKAGES = [name for name in BASE_PACKAGES if name not in ("gcc", "libc6-dev")]
 
 
 def make_tree(root, suite, python, packages):
-    """debootstrap --arch=arm64 (its second stage runs under qemu), then Salt.
-    lib<python>-dev: the arm64 pyconfig.h the cross-compiled extension needs."""
-    python_pkgs = [python, f"{python}-venv", f"lib{python}-dev"]
-    res = subprocess.run(with_network(
-        ["debootstrap", f"--arch={ARCH}", "--variant=minbase",
-         f"--include={','.join(PACKAGES + python_pkgs + list(packages))}",
-         suite, str(root), MIRROR]), capture_output=True, text=True, timeout=1800)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    install_salt(Chroot(root, suite), python)
+    """mmdebstrap --architectures=arm64 (dpkg and the maintainer scripts run
+    under qemu) while this machine fetches Salt's wheels, then what is slow
+    under emulation done natively: update-ca-certificates and Salt's venv."""
+    wheels = root.with_name(root.name + "-wheels")  # mmdebstrap wants an empty target
+    shutil.rmtree(wheels, ignore_errors=True)
+    wheels.mkdir()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fetched = pool.submit(fetch_wheels, wheels, suite, python)
+        debian_chroot.bootstrap(root, suite, [*PACKAGES, python, f"{python}-venv", *packages],
+                                arch=ARCH, hooks=[STUB_CA_UPDATE])
+        fetched.result()
+    update_ca_certificates(root)
+    install_salt(root, python, wheels)
+    shutil.rmtree(wheels)
     os.utime(root)  # the tree's age, for expired()
 
 
-def install_salt(chroot, python):
-    """The pinned Salt in /opt/salt. Under emulation pip is slow at everything
-    (resolving, building, compiling .pyc), so the machine does those natively:
-    wheels for arm64 fetched here, pure sdists (salt) built here, C sdists
-    (timelib) cross-compiled here, .pyc compiled here; the tree's pip only
-    unpacks wheels."""
-    wheels = chroot.path("/tmp/wheels")
-    wheels.mkdir()
-    fetch_wheels(wheels, chroot.root)
+# ca-certificates' postinst and trigger run update-ca-certificates, a shell
+# script starting a few processes per certificate: under qemu, about a third
+# of the tree's build. A stub stands in for it (a local diversion keeps the
+# package's copy aside) until update_ca_certificates() runs it natively.
+UPDATE_CA = "/usr/sbin/update-ca-certificates"
+STUB_CA_UPDATE = (
+    f'--essential-hook=chroot "$1" dpkg-divert --quiet --local --rename --add {UPDATE_CA}'
+    f' && printf "#!/bin/sh\\nexit 0\\n" > "$1{UPDATE_CA}" && chmod 755 "$1{UPDATE_CA}"')
+
+
+def update_ca_certificates(root):
+    """The tree's update-ca-certificates (its own script, the package's copy
+    back in place) run by this machine's shell and openssl on the tree's
+    files, bind-mounted where the script reads and writes them: what the
+    postinst and its trigger would have left (hooks: the tree's, none)."""
+    (root / UPDATE_CA.lstrip("/")).unlink()
+    Chroot(root, "pi").run("dpkg-divert", "--quiet", "--local", "--rename", "--remove", UPDATE_CA)
+    binds = "".join(f"mount --bind {root}{path} {path}\n" for path in (
+        "/etc/ca-certificates.conf", "/etc/ca-certificates", "/etc/ssl/certs",
+        "/usr/share/ca-certificates", "/usr/local/share/ca-certificates"))
+    run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"set -e\n{binds}exec sh {root}{UPDATE_CA}"])
+
+
+def install_salt(root, python, wheels):
+    """/opt/salt made by this machine's python3 (Debian 12's, the tree's
+    version: the same venv and .pyc files) with the tree's /opt bind-mounted
+    on /opt, so that paths and script lines are the tree's; pip takes the
+    arm64 wheels (_PYTHON_HOST_PLATFORM: the platform it installs for).
+    Under qemu, venv and pip took about a minute."""
+    version = os.readlink(root / "usr/bin" / python)
+    assert os.readlink(f"/usr/bin/{python}") == version, (
+        f"this machine's /usr/bin/{python} is not the tree's {version}")
     shutil.copy(REPO / "requirements.txt", wheels / "requirements.txt")
-    chroot.run(python, "-m", "venv", "/opt/salt")
-    chroot.run("/opt/salt/bin/pip", "install", "-q", "--disable-pip-version-check",
-               "--no-index", "--find-links", "/tmp/wheels", "--no-compile",
-               "-c", "/tmp/wheels/requirements.txt", f"salt=={salt_version()}", timeout=3600)
-    shutil.rmtree(wheels)
-    # The machine's python3 is Debian 12's 3.11 too: the same .pyc format.
-    site = chroot.path("/opt/salt/lib")
-    subprocess.run(["python3", "-m", "compileall", "-q", "-j0", "-s", str(chroot.root),
-                    "-p", "/", str(site)], check=True, capture_output=True)
+    script = (f"set -e\nmount --bind {root}/opt /opt\n/usr/bin/{python} -m venv /opt/salt\n"
+              "exec /opt/salt/bin/pip install -q --disable-pip-version-check --no-cache-dir "
+              f"--no-index --find-links {wheels} -c {wheels}/requirements.txt "
+              f"salt=={salt_version()}")
+    env = {"PATH": os.environ["PATH"], "HOME": "/root", "LANG": "C.UTF-8",
+           "PIP_CONFIG_FILE": os.devnull, "_PYTHON_HOST_PLATFORM": "linux-aarch64"}
+    run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env=env)
 
 
 def pip(*args, timeout=900):
@@ -150,39 +183,73 @@ def pip(*args, timeout=900):
     return res
 
 
-def fetch_wheels(wheels, tree):
-    """Every distribution pinned Salt needs, as arm64/pure wheels in wheels
-    (resolved here, natively): pure sdists built here, C sdists cross-compiled
-    against tree's Python."""
-    report = wheels / "report.json"
-    pip("install", "-q", "--dry-run", "--ignore-installed", "--report", str(report),
-        "-c", str(REPO / "requirements.txt"), f"salt=={salt_version()}")
-    items = json.loads(report.read_text())["install"]
-    report.unlink()
-    binary, sdists = [], []
-    for item in items:
-        pin = f"{item['metadata']['name']}=={item['metadata']['version']}"
-        (binary if item["download_info"]["url"].endswith(".whl") else sdists).append(pin)
-    for pin in sdists:
-        pip("wheel", "-q", "--no-deps", "-w", str(wheels), pin)
-        name = pin.split("==")[0].replace("-", "_").lower() + "-"
-        for built in wheels.glob("*.whl"):
-            if built.name.lower().startswith(name) and not built.name.endswith("-none-any.whl"):
-                built.unlink()  # a C extension built for this machine
-                cross_wheel(pin, wheels, tree)
+def fetch_wheels(wheels, suite, python):
+    """Every distribution pinned Salt needs, as arm64/pure wheels in wheels,
+    all made here, natively, while the tree is made: this machine's wheels
+    first (resolved, downloaded and built by its pip for its Python, 3.11 as
+    the tree's: they go to the amd64 trees' wheelhouse too), then the arm64
+    ones of those that are not pure: from PyPI, or cross-compiled from the
+    sdist when this machine's came from one (tagged linux_x86_64)."""
+    native = wheels / "native"
+    pip("wheel", "-q", "-w", str(native), "-c", str(REPO / "requirements.txt"),
+        f"salt=={salt_version()}")
+    debian_chroot.keep_wheels(native.glob("*.whl"))
+    binary = []
+    for wheel in native.glob("*.whl"):
+        name, version = wheel.name.split("-")[:2]
+        if wheel.name.endswith("-none-any.whl"):
+            wheel.rename(wheels / wheel.name)
+        elif wheel.name.endswith("-linux_x86_64.whl"):  # built here from its sdist
+            cross_wheel(f"{name}=={version}", wheels, arm64_sysroot(wheels / "sysroot", suite,
+                                                                   python))
+        else:
+            binary.append(f"{name}=={version}")
     pip("download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
         "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
         *[arg for tag in ARM64_TAGS for arg in ("--platform", tag)], "-d", str(wheels), *binary)
+    shutil.rmtree(native)
+    shutil.rmtree(wheels / "sysroot", ignore_errors=True)
 
 
-def cross_wheel(pin, wheels, tree):
-    """pin's arm64 wheel, compiled here by aarch64-linux-gnu-gcc: its setup.py
-    run by this machine's python3 (3.11, as the tree's) reading the tree's
-    sysconfig (compiler, flags, extension suffix, platform tag) and its
-    pyconfig.h. Minutes faster than gcc under emulation."""
+def arm64_sysroot(root, suite, python):
+    """What a C extension's arm64 build needs from the tree (libc's
+    development files, the Python headers and sysconfig), unpacked in root
+    from the tree's mirror by this machine's apt, before the tree is there."""
+    if root.is_dir():
+        return root
+    state = root.with_name("apt")
+    for path in ("lists/partial", "cache", "debs"):
+        (state / path).mkdir(parents=True)
+    (state / "status").touch()
+    (state / "sources.list").write_text(f"deb {MIRROR} {suite} main\n")
+    options = {"Dir::State::Lists": state / "lists", "Dir::Cache": state / "cache",
+               "Dir::State::status": state / "status",
+               "Dir::Etc::SourceList": state / "sources.list",
+               "Dir::Etc::SourceParts": "/nonexistent", "APT::Architecture": ARCH,
+               "APT::Architectures": ARCH, "APT::Sandbox::User": "root"}
+    apt = ["apt-get", "-q", *[arg for name, value in options.items()
+                              for arg in ("-o", f"{name}={value}")]]
+    run(with_network([*apt, "update"]))
+    version = os.readlink(f"/usr/bin/{python}")  # the tree's: install_salt() checks
+    run(with_network([*apt, "download", "libc6-dev", "libc6", "linux-libc-dev", "libcrypt-dev",
+                      "libcrypt1", f"lib{version}-dev", f"lib{version}-minimal"]),
+        cwd=state / "debs")
+    for deb in (state / "debs").iterdir():
+        run(["dpkg-deb", "--extract", str(deb), str(root)])
+    shutil.rmtree(state)
+    return root
+
+
+def cross_wheel(pin, wheels, sysroot):
+    """pin's arm64 wheel, compiled here by aarch64-linux-gnu-gcc: its
+    setup.py run by this machine's python3 (3.11, as the tree's) reading the
+    arm64 sysconfig (compiler, flags, extension suffix, platform tag) and
+    pyconfig.h in sysroot. Minutes faster than gcc under emulation."""
     work = wheels / "cross"
-    pip("download", "-q", "--no-deps", "--no-binary=:all:", "-d", str(work), pin)
-    shutil.unpack_archive(next(work.glob("*.tar.gz")), work)
+    # --no-binary for it alone: its build requirements (Cython) come as
+    # wheels, not built from source (minutes) on a machine without pip's cache
+    pip("download", "-q", "--no-deps", f"--no-binary={pin.split('==')[0]}", "-d", str(work), pin)
+    shutil.unpack_archive(next(work.iterdir()), work)
     source = next(path for path in work.iterdir() if path.is_dir())
     subprocess.run(["python3", "-m", "venv", str(work / "venv")], check=True)
     # its build requirements (setuptools, Cython, wheel) run here: native ones
@@ -191,12 +258,12 @@ def cross_wheel(pin, wheels, tree):
     data = "_sysconfigdata__aarch64-linux-gnu"
     version = subprocess.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                              capture_output=True, text=True, check=True).stdout.strip()
-    shutil.copy(tree / f"usr/lib/python{version}/{data}.py", work)
+    shutil.copy(sysroot / f"usr/lib/python{version}/{data}.py", work)
     env = {**os.environ, "_PYTHON_SYSCONFIGDATA_NAME": data, "PYTHONPATH": str(work),
            "_PYTHON_HOST_PLATFORM": "linux-aarch64",
-           # the tree as the system root (its arm64 libc and Python headers,
-           # crt files); CFLAGS go to the link too
-           "CFLAGS": f"--sysroot={tree} -I{tree}/usr/include/python{version}"}
+           # the system root: arm64 libc and Python headers, crt files, libc
+           # to link with (CFLAGS go to the link too)
+           "CFLAGS": f"--sysroot={sysroot} -I{sysroot}/usr/include/python{version}"}
     run([str(work / "venv/bin/python"), "setup.py", "-q", "bdist_wheel", "-d", str(wheels)],
         cwd=source, env=env)
     shutil.rmtree(work)

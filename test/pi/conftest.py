@@ -28,3 +28,4 @@ def pi(tmp_path_factory):
     print(f"\npi tree ready in {time.monotonic() - started:.0f} s")
     yield chroot
     chroot.run("postfix", "stop", check=False)
+    chroot.close()

@@ -47,29 +47,19 @@ def tree(suite):
 
 
 def build(work, suite, hostname):
-    """The cached systemd tree of suite as an overlay under work/root (the
-    copy debian_chroot.build() makes takes 10-40 s per gigabyte on a busy
-    disk; an overlay is instant and the cached tree stays untouched), with
-    what build() adds: resolver, host name, formula. unmount() undoes it."""
-    lower = tree(suite)
-    root = work / "root"
-    for name in ("root", "upper", "work"):
-        (work / name).mkdir(parents=True)
-    res = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                          f"lowerdir={lower},upperdir={work / 'upper'},workdir={work / 'work'}",
-                          str(root)], capture_output=True, text=True)
-    assert res.returncode == 0, f"overlay on {lower}: {res.stderr}"
-    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
-    with open(root / "etc/hosts", "a") as hosts:
-        hosts.write(f"127.0.1.1 {hostname}.example.org {hostname}\n")
-    debian_chroot.install_formula(root)
-    return debian_chroot.Chroot(root, hostname)
+    """The cached systemd tree of suite as an overlay at work/root
+    (debian_chroot.session_copy(): the cached tree stays untouched), with
+    resolver, host name and formula. unmount() undoes it."""
+    return debian_chroot.session_copy(tree(suite), work / "root", hostname)
 
 
 def unmount(work):
-    """The overlay and its writable layer gone (the cached tree stays)."""
-    subprocess.run(["umount", str(work / "root")], capture_output=True, check=False)
-    shutil.rmtree(work, ignore_errors=True)
+    """The overlay and its writable layer gone; fails if the cached tree
+    changed."""
+    try:
+        debian_chroot.release(work / "root")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class Container:
