@@ -4,10 +4,13 @@ apply, whatever the umask, and, after the whole test run (this module runs
 last), found nowhere but in the password table and its compiled form.
 """
 
+import ctypes
 import os
 import pathlib
+import select
 import shutil
 import stat
+import struct
 import threading
 
 from conftest import PASSWORD, dump
@@ -16,34 +19,68 @@ SASL_DIR = pathlib.Path("/etc/postfix/sasl")
 TABLES = {"/etc/postfix/sasl/passwd", "/etc/postfix/sasl/passwd.db"}
 
 
+# inotify(7): each file created, written, renamed into place or changed in
+# mode in the directory wakes the watcher at once, which then looks at it.
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x2, 0x4, 0x8, 0x80, 0x100
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 class ModeWatcher(threading.Thread):
-    """Lists the password table's directory as fast as it can and notes every
-    file that anyone but root could read at that moment."""
+    """Looks at the password table's directory at every change in it (inotify;
+    it used to list it in a loop, a CPU core for the whole apply) and notes
+    every file that anyone but root could read at that moment."""
 
     def __init__(self):
         super().__init__(daemon=True)
         self.halt = threading.Event()
         self.looks, self.names, self.exposed = 0, set(), []
-        self.table_inode, self.table_replaced = None, 0
+        self.table_replaced = 0
+        self.fd = LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        self.parent = self.watch(SASL_DIR.parent, IN_CREATE)  # for sasl/ itself
+        self.wd = None
+
+    def watch(self, path, mask):
+        wd = LIBC.inotify_add_watch(self.fd, str(path).encode(), mask)
+        assert wd >= 0, os.strerror(ctypes.get_errno())
+        return wd
 
     def run(self):
-        while not self.halt.is_set():
-            try:
-                entries = list(os.scandir(SASL_DIR))
-            except FileNotFoundError:
-                continue
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # renamed away between listing and stat
-                self.names.add(entry.name)
-                if entry.name == "passwd.db" and st.st_ino != self.table_inode:
-                    # counted as changes: a freed inode number may come back
-                    self.table_inode, self.table_replaced = st.st_ino, self.table_replaced + 1
-                if st.st_mode & 0o077 or st.st_uid != 0:
-                    self.exposed.append((entry.name, oct(stat.S_IMODE(st.st_mode)), st.st_uid))
-            self.looks += 1
+        try:
+            while not self.halt.is_set():
+                if self.wd is None and SASL_DIR.is_dir():
+                    self.wd = self.watch(SASL_DIR, IN_CREATE | IN_MODIFY | IN_ATTRIB
+                                         | IN_CLOSE_WRITE | IN_MOVED_TO)
+                    self.look_at_all()  # what was made before the watch began
+                if select.select([self.fd], [], [], 0.1)[0]:
+                    self.handle(os.read(self.fd, 65536))
+        finally:
+            os.close(self.fd)
+
+    def handle(self, data):
+        pos = 0
+        while pos < len(data):
+            wd, mask, _, size = struct.unpack_from("iIII", data, pos)
+            name = data[pos + 16:pos + 16 + size].rstrip(b"\0").decode()
+            pos += 16 + size
+            if wd == self.wd:
+                if mask & IN_MOVED_TO and name == "passwd.db":
+                    self.table_replaced += 1
+                self.look_at(SASL_DIR / name)
+
+    def look_at_all(self):
+        for entry in SASL_DIR.iterdir():
+            self.look_at(entry)
+
+    def look_at(self, path):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return  # renamed away meanwhile: its new name has its own event
+        self.looks += 1
+        self.names.add(path.name)
+        if st.st_mode & 0o077 or st.st_uid != 0:
+            self.exposed.append((path.name, oct(stat.S_IMODE(st.st_mode)), st.st_uid))
 
 
 def test_password_files_are_root_only_at_every_moment_of_an_apply(applier):
@@ -60,7 +97,6 @@ def test_password_files_are_root_only_at_every_moment_of_an_apply(applier):
         watcher.halt.set()
         watcher.join()
     assert watcher.exposed == []
-    assert watcher.looks > 100
     # The watcher saw the build: temporary files and three compiled tables.
     assert any(name.startswith(".passwd.") for name in watcher.names), watcher.names
     assert watcher.table_replaced >= 3
