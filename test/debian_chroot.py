@@ -36,7 +36,7 @@ MAX_AGE_DAYS = 14
 
 def with_network(argv):
     """argv run with this machine's network. Inside a test host (scripts/test-host)
-    only a private loopback exists; downloads (debootstrap, pip, apt) go out
+    only a private loopback exists; downloads (mmdebstrap, pip, apt) go out
     through the machine's network namespace, which test-host hands on."""
     machine_net = os.environ.get("TEST_HOST_MACHINE_NET")
     return ["nsenter", f"--net={machine_net}", *argv] if machine_net else list(argv)

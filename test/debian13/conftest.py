@@ -1,5 +1,5 @@
 """
-A second Debian release for real: Debian 13 (trixie) made by debootstrap from
+A second Debian release for real: Debian 13 (trixie) made by mmdebstrap from
 Debian's mirror, Salt (the pinned release, in a venv inside it) and the formula
 applied inside, its own Postfix started there, mail relayed to a test relay on
 the machine's loopback (the chroot shares the network, so its Postfix runs with

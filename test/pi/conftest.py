@@ -24,7 +24,7 @@ def pi(tmp_path_factory):
         pytest.fail(problem, pytrace=False)
     started = time.monotonic()
     chroot = arm64_tree.build(tmp_path_factory.mktemp("pi") / "root", "bookworm", "pi")
-    # Shown with -s or in --durations: cold (debootstrap + Salt under emulation) vs warm.
+    # Shown with -s or in --durations: cold (mmdebstrap + Salt under emulation) vs warm.
     print(f"\npi tree ready in {time.monotonic() - started:.0f} s")
     yield chroot
     chroot.run("postfix", "stop", check=False)

@@ -1,9 +1,9 @@
 """
 A machine without a command the tests need costs one clear line, from
-scripts/setup and from pytest, not a traceback per test (issue 13: no
-debootstrap gave 22 errors and ~4,400 lines). The command is hidden for real:
-/dev/null (not executable) bind-mounted over it in a private mount namespace,
-so this machine keeps it.
+scripts/setup and from pytest, not a traceback per test (issue 13: without
+debootstrap, which made the trees then, 22 errors and ~4,400 lines). The
+command is hidden for real: /dev/null (not executable) bind-mounted over it in
+a private mount namespace, so this machine keeps it.
 """
 
 import shutil
@@ -27,11 +27,11 @@ def without(command, *argv):
 
 
 def test_pytest_stops_in_one_line_naming_the_missing_command():
-    res = without("debootstrap", str(REPO / ".venv/bin/pytest"), "-p", "no:cacheprovider",
+    res = without("mmdebstrap", str(REPO / ".venv/bin/pytest"), "-p", "no:cacheprovider",
                   "test/debian13")
     out = res.stdout + res.stderr
     assert res.returncode == pytest.ExitCode.USAGE_ERROR, out[-3000:]
-    assert "test/debian13 needs the command 'debootstrap' (Debian package debootstrap): " \
+    assert "test/debian13 needs the command 'mmdebstrap' (Debian package mmdebstrap): " \
            "run ./scripts/setup --tests" in out
     assert "Traceback" not in out and len(out.splitlines()) < 10, out[-3000:]
 
@@ -45,7 +45,7 @@ def test_setup_names_the_missing_command_and_fails():
 
 def test_every_listed_command_is_here_after_setup():
     needs = suite_commands(PREREQUISITES.read_text())
-    assert {"debootstrap", "unshare", "gpg", "postconf", "mail"} <= {
+    assert {"mmdebstrap", "unshare", "gpg", "postconf", "mail"} <= {
         command for pairs in needs.values() for command, _ in pairs}
     assert missing_prerequisite(set(needs), needs) is None
 

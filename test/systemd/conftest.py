@@ -67,7 +67,7 @@ def host(request, tmp_path_factory):
     box = nspawn.Container(chroot, f"pr-{suite}-{logger}", tmp / "boot.log")
     box.suite, box.logger = suite, logger
     try:
-        # systemd sets the host name from /etc/hostname at boot (debootstrap
+        # systemd sets the host name from /etc/hostname at boot (mmdebstrap
         # copied the machine's there)
         chroot.path("/etc/hostname").write_text(chroot.hostname + "\n")
         if logger == "rsyslog":
