@@ -13,7 +13,9 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from setup_check import PREREQUISITES, TEST_DIR, missing_prerequisite, suite_commands  # noqa: E402
+from setup_check import (  # noqa: E402
+    PREREQUISITES, SUITE_VENVS, TEST_DIR, missing_prerequisite, suite_commands, venvs_being_built,
+)
 
 # test/testinfra checks a host the formula was applied to with a given pillar
 # (kitchen's verifier, or test_kitchen_suites.py after applying it): not a suite
@@ -85,15 +87,19 @@ def work_unit(nodeid):
 
 def unit_order(config):
     """Sort key of a work unit (scope, {nodeid: done}): tree suites last
-    while trees are still being built, then the longest first."""
+    while trees are still being built, and test/compat while its venvs are,
+    then the longest first."""
     known = _durations_read()
     building = _trees_being_built()
+    late = {suite for suite in SUITE_VENVS if venvs_being_built(suite)}
+    if building:
+        late.update(TREE_SUITES)
 
     def key(unit):
         scope, nodeids = unit
         suite = _suite_of_nodeid(scope)
         cost = sum(known.get(n, PRIOR_SECONDS.get(suite, 0.5)) for n in nodeids)
-        return (building and suite in TREE_SUITES, -cost)
+        return (suite in late, -cost)
     return key
 
 

@@ -1,9 +1,11 @@
 """What the test suites need from this machine (scripts/prerequisites.txt):
 the root conftest checks it before any test runs."""
 
+import fcntl
 import os
 import pathlib
 import shutil
+import time
 
 TEST_DIR = pathlib.Path(__file__).resolve().parent
 PREREQUISITES = TEST_DIR.parent / "scripts" / "prerequisites.txt"
@@ -35,6 +37,53 @@ def missing_prerequisite(suites, needs):
                 return (f"test/{suite} needs the command '{command}' (Debian package "
                         f"{package}): run ./scripts/setup --tests")
         for venv in SUITE_VENVS.get(suite, ()):
-            if not (TEST_DIR.parent / venv / "bin" / "salt-call").exists():
+            # a link to a venv still being built counts: the suite waits for it
+            if not os.path.lexists(TEST_DIR.parent / venv):
                 return f"test/{suite} needs {venv}: run ./scripts/setup --tests"
     return None
+
+
+def venvs_being_built(suite):
+    """True while scripts/setup still builds one of suite's venvs in the
+    background (the build holds the venv's lock)."""
+    return any(venv_lock_held(TEST_DIR.parent / venv) for venv in SUITE_VENVS.get(suite, ()))
+
+
+def venv_lock_held(link):
+    try:
+        with open(f"{os.path.realpath(link)}.lock", "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False
+
+
+def wait_for_venv(link, timeout=1800):
+    """The venv link points to, once scripts/setup's background build of it
+    ended, and ""; None and the end of its log when that build failed."""
+    if not os.path.islink(link):  # a venv of a checkout set up before links
+        return pathlib.Path(link), ""
+    target = pathlib.Path(os.path.realpath(link))
+    deadline = time.monotonic() + timeout
+    while venv_lock_held(link) and time.monotonic() < deadline:
+        time.sleep(1)
+    if (target / ".complete").exists():
+        return target, ""
+    log = pathlib.Path(f"{target}.log")
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no build log)"
+    return None, tail
+
+
+def older_salt_venv(release):
+    """The venv of Salt release (test/compat), waited for while scripts/setup
+    still builds it; the test fails with the end of the build's log if that
+    build failed."""
+    import pytest  # noqa: PLC0415 (scripts/setup's checks run without pytest)
+
+    link = TEST_DIR.parent / f".venv-salt{release}"
+    target, log = wait_for_venv(link)
+    if target is None:
+        pytest.fail(f"{link}: scripts/setup could not build it; its log ends:\n{log}")
+    return link

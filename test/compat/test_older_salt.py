@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from helpers import REPO
+from setup_check import older_salt_venv
 
 
 # The property sweeps (hypothesis tests, marked "sweep" by test/conftest.py)
@@ -21,7 +22,7 @@ NOT_ON_OLDER_SALT = "not sweep"
 
 @pytest.mark.parametrize("release", ["3007", "3006"])
 def test_unit_and_functional_suites_pass_on_older_salt(release):
-    venv = REPO / f".venv-salt{release}"
+    venv = older_salt_venv(release)
     version = subprocess.run([str(venv / "bin" / "salt-call"), "--version"],
                              capture_output=True, text=True, check=True).stdout
     assert version.startswith(f"salt-call {release}."), version

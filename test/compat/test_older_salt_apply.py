@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from helpers import REPO
+from setup_check import older_salt_venv
 from relay import Relay
 
 PASSWORD = "Compat-pw-4Rt8-never-logged"
@@ -102,7 +103,7 @@ def cron_mail(token):
 @pytest.mark.parametrize("release", ["3007", "3006"])
 def test_older_salt_applies_the_formula_and_mail_is_relayed(release, tmp_path, relay,
                                                             pristine):
-    version = subprocess.run([str(REPO / f".venv-salt{release}" / "bin" / "salt-call"),
+    version = subprocess.run([str(older_salt_venv(release) / "bin" / "salt-call"),
                               "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith(f"salt-call {release}."), version.stdout
     pristine()
