@@ -84,7 +84,16 @@ def wait_received(relays, tokens, timeout=120):
             return seen
         time.sleep(0.2)
     seen = received(relays, tokens)
-    raise AssertionError(f"{len(seen)} of {len(tokens)} messages arrived; queue: {queue()[:3]}")
+    left = queue()
+    raise AssertionError(f"{len(seen)} of {len(tokens)} messages arrived; queue: {left[:3]}\n"
+                         + log_of(left[:3]))
+
+
+def log_of(records):
+    """Postfix's log lines of these queue records, to tell why they stayed."""
+    ids = [r["queue_id"] for r in records]
+    return "\n".join(line for line in MAILLOG.read_text(errors="replace").splitlines()
+                     if any(i in line for i in ids))
 
 
 def received_once_queue_empty(relays, tokens, timeout=120):
@@ -95,9 +104,7 @@ def received_once_queue_empty(relays, tokens, timeout=120):
     while queue() and time.monotonic() < deadline:
         time.sleep(0.2)
     left = queue()
-    assert not left, f"{len(left)} messages still queued: {left[:3]}\n" + "\n".join(
-        line for line in MAILLOG.read_text(errors="replace").splitlines()
-        if any(r["queue_id"] in line for r in left[:3]))
+    assert not left, f"{len(left)} messages still queued: {left[:3]}\n" + log_of(left[:3])
     return received(relays, tokens)
 
 
