@@ -22,6 +22,7 @@ TABLES = {"/etc/postfix/sasl/passwd", "/etc/postfix/sasl/passwd.db"}
 # inotify(7): each file created, written, renamed into place or changed in
 # mode in the directory wakes the watcher at once, which then looks at it.
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x2, 0x4, 0x8, 0x80, 0x100
+IN_Q_OVERFLOW, IN_IGNORED = 0x4000, 0x8000
 LIBC = ctypes.CDLL(None, use_errno=True)
 
 
@@ -33,7 +34,7 @@ class ModeWatcher(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True)
         self.halt = threading.Event()
-        self.looks, self.names, self.exposed = 0, set(), []
+        self.names, self.exposed = set(), []
         self.table_replaced = 0
         self.fd = LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         assert self.fd >= 0, os.strerror(ctypes.get_errno())
@@ -63,12 +64,18 @@ class ModeWatcher(threading.Thread):
             wd, mask, _, size = struct.unpack_from("iIII", data, pos)
             name = data[pos + 16:pos + 16 + size].rstrip(b"\0").decode()
             pos += 16 + size
-            if wd == self.wd:
+            if mask & IN_Q_OVERFLOW:  # events were lost: look at everything now
+                self.look_at_all()
+            elif wd == self.wd and mask & IN_IGNORED:  # sasl/ gone: watch the next one
+                self.wd = None
+            elif wd == self.wd and name:  # (no name: sasl/ itself, 0755 by design)
                 if mask & IN_MOVED_TO and name == "passwd.db":
                     self.table_replaced += 1
                 self.look_at(SASL_DIR / name)
 
     def look_at_all(self):
+        if not SASL_DIR.is_dir():
+            return
         for entry in SASL_DIR.iterdir():
             self.look_at(entry)
 
@@ -77,7 +84,6 @@ class ModeWatcher(threading.Thread):
             st = os.lstat(path)
         except FileNotFoundError:
             return  # renamed away meanwhile: its new name has its own event
-        self.looks += 1
         self.names.add(path.name)
         if st.st_mode & 0o077 or st.st_uid != 0:
             self.exposed.append((path.name, oct(stat.S_IMODE(st.st_mode)), st.st_uid))
