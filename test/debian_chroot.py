@@ -123,6 +123,10 @@ def session_copy(tree, root, hostname):
     # remove a tree that a session has as its lower layer.
     use = os.open(tree.with_name(tree.name + ".use"), os.O_CREAT | os.O_RDWR, 0o644)
     fcntl.flock(use, fcntl.LOCK_SH)
+    # A rebuild that began after pristine() returned (it saw the tree unused)
+    # holds the key's lock until the new tree is in place: mount that one.
+    with open(tree.with_name(tree.name + ".lock"), "a") as key_lock:
+        fcntl.flock(key_lock, fcntl.LOCK_SH)
     (layers / "lower").write_text(f"{tree}\n{fingerprint(tree)}\n")
     res = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
                           f"lowerdir={tree},upperdir={layers / 'upper'},workdir={layers / 'work'}",
