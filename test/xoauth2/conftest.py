@@ -24,15 +24,16 @@ def prepare(chroot):
         "deb [check-valid-until=no] http://deb.debian.org/debian experimental main\n")
     (chroot.root / "etc/apt/apt.conf.d/99experimental-valid-until").write_text(
         'Acquire::Check-Valid-Until "false";\n')
-    # The test host has no way out: the apt-get update Salt's pkg.installed
-    # runs before installing fails at once instead of retrying for 7 s.
-    (chroot.root / "etc/apt/apt.conf.d/99test-host-no-retries").write_text(
-        'Acquire::Retries "0";\n')
     chroot.run("apt-get", "update", "-q", network=True)
     chroot.run("apt-get", "install", "-q", "-y", "python3", network=True, timeout=1200)
     chroot.run("apt-get", "clean")  # installed: only the plugin's packages stay in the cache
     chroot.run("apt-get", "install", "-q", "-y", "--download-only", "sasl-xoauth2",
                network=True)
+    # Downloads done (with apt's retries): in the test host, which has no way
+    # out, the apt-get update Salt's pkg.installed runs before installing
+    # fails at once instead of retrying for 7 s.
+    (chroot.root / "etc/apt/apt.conf.d/99test-host-no-retries").write_text(
+        'Acquire::Retries "0";\n')
 
 
 @pytest.fixture(scope="module")
