@@ -35,3 +35,13 @@ def test_query_agrees_with_postmap_before_and_after_compiling(loaders, config_di
         os.unlink(compiled)
     assert query(str(table), key, map_type, config_dir) is None \
         and postmap_q(config_dir, key, spec) is None
+
+
+@pytest.mark.parametrize("map_type, text", [("texthash", "k v\n"), ("regexp", "/^k$/ v\n")])
+def test_text_types_have_no_compiled_file_and_are_asked(loaders, config_dir, table_dir,
+                                                        map_type, text):
+    table = table_dir / "passwd"
+    table.write_text(text)
+    spec = f"{map_type}:{table}"
+    assert loaders.modules.postmap.query(str(table), "k", map_type, config_dir) == "v" \
+        == postmap_q(config_dir, "k", spec)
