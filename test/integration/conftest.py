@@ -122,8 +122,8 @@ def minion(salt_factories, file_root, pillar_root, host_postfix):
         "file_client": "local",
         "file_roots": {"base": [str(file_root)]},
         "pillar_roots": {"base": [str(pillar_root)]},
-        # Grains computed once per session, not by every salt-call (~6 % of
-        # each one's CPU): nothing here changes the host's grains.
+        # Grains computed once and kept (grains_cache_expiration, 5 min), not
+        # by every salt-call (~6 % of each one's CPU): no test changes them.
         "grains_cache": True,
         **forwarded_logs("minion"),
     }
