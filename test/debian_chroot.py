@@ -344,18 +344,17 @@ def build_wheels(chroot, pins):
 def wheelhouse():
     """Wheels of the pinned Salt and its dependencies, for every tree's
     Python and architecture (pip takes those that fit), kept beside the
-    trees; one per requirements.txt, older ones removed."""
+    trees; one per requirements.txt. Those of other requirements (another
+    branch or checkout may use them now) go once as old as an expired tree;
+    their lock files stay."""
     digest = hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest()[:12]
     house = cache_dir() / f"wheels-{digest}"
     if not house.is_dir():
         house.mkdir(parents=True, exist_ok=True)
         for old in cache_dir().glob("wheels-*"):
-            if old.name.startswith(house.name):
-                continue
-            if old.is_dir():
+            if old.is_dir() and old != house and expired(old):
                 shutil.rmtree(old, ignore_errors=True)
-            else:  # its locks
-                old.unlink(missing_ok=True)
+    os.utime(house)  # in use: young
     return house
 
 

@@ -101,7 +101,7 @@ def pristine(suite, python="python3", packages=()):
 def prune(cache, suite, keep):
     """arm64 trees of this suite made from older inputs."""
     for old in cache.glob(f"pi-{suite}-{ARCH}-*"):
-        if (old.name != keep and old.is_dir() and not old.name.endswith(".building")
+        if (old.name != keep and old.is_dir() and ".building" not in old.name
                 and not in_use(old)):
             shutil.rmtree(old, ignore_errors=True)
             for lock in (".lock", ".use"):
