@@ -204,10 +204,11 @@ def tree_key(suite, python, packages, prepare=None):
         "requirements": hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest(),
         "prepare": inspect.getsource(prepare) if prepare else None,
     }, sort_keys=True)
-    # The tree's kind (suite, arch, packages, preparation) names it apart from
-    # its inputs' versions: prune() replaces only older trees of the same kind.
+    # The tree's kind (suite, arch, packages, which preparation) names it apart
+    # from its inputs' versions, the preparation's code included: prune()
+    # replaces the older trees of the same kind.
     kind = hashlib.sha256(json.dumps([python, sorted({*BASE_PACKAGES, *packages}),
-                                      inspect.getsource(prepare) if prepare else None]
+                                      prepare.__name__ if prepare else None]
                                      ).encode()).hexdigest()[:8]
     return f"{suite}-{arch}-{kind}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
 

@@ -40,3 +40,15 @@ def test_another_salt_pin_makes_another_tree(tmp_path, monkeypatch):
     (repo / "requirements.txt").write_text(text.replace("salt==", "salt==0.0.0+other#"))
     monkeypatch.setattr(debian_chroot, "REPO", pathlib.Path(repo))
     assert tree_key("trixie", "python3", []) != before
+
+
+def test_an_edited_preparation_makes_a_tree_of_the_same_kind():
+    """Same suite, packages and preparation step, its code edited: another
+    tree, which replaces the old one (prune() removes older trees of a kind)."""
+    def edited(chroot):
+        chroot.run("true", "edited")
+    edited.__name__ = prepare_a.__name__
+    old, new = (tree_key("sid", "python3", ["a"], p) for p in (prepare_a, edited))
+    assert old != new and old.rsplit("-", 1)[0] == new.rsplit("-", 1)[0]
+    assert tree_key("sid", "python3", ["a"], prepare_b).rsplit("-", 1)[0] \
+        != old.rsplit("-", 1)[0]
