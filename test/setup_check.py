@@ -67,10 +67,14 @@ def wait_for_venv(link, timeout=1800):
         return pathlib.Path(link), ""
     target = pathlib.Path(os.path.realpath(link))
     deadline = time.monotonic() + timeout
-    while venv_lock_held(link) and time.monotonic() < deadline:
+    # .complete first: a process the build started may outlive it, lock and all
+    while (not (target / ".complete").exists() and venv_lock_held(link)
+           and time.monotonic() < deadline):
         time.sleep(1)
     if (target / ".complete").exists():
         return target, ""
+    if venv_lock_held(link):
+        return None, f"still being built after {timeout} s (log: {target}.log)"
     log = pathlib.Path(f"{target}.log")
     tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no build log)"
     return None, tail
@@ -85,5 +89,6 @@ def older_salt_venv(release):
     link = TEST_DIR.parent / f".venv-salt{release}"
     target, log = wait_for_venv(link)
     if target is None:
-        pytest.fail(f"{link}: scripts/setup could not build it; its log ends:\n{log}")
+        pytest.fail(f"{link}: scripts/setup's build of it did not succeed (the next "
+                    f"./scripts/setup --tests builds it again):\n{log}")
     return link
