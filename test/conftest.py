@@ -14,7 +14,8 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from setup_check import (  # noqa: E402
-    PREREQUISITES, SUITE_VENVS, TEST_DIR, missing_prerequisite, suite_commands, venvs_being_built,
+    PREREQUISITES, SUITE_VENVS, TEST_DIR, lock_held, missing_prerequisite, suite_commands,
+    venvs_being_built,
 )
 
 # test/testinfra checks a host the formula was applied to with a given pillar
@@ -110,17 +111,9 @@ def _suite_of_nodeid(nodeid):
 
 def _trees_being_built():
     """True while test/prebuild_trees.py holds its lock."""
-    import fcntl
-
     from debian_chroot import cache_dir
-    try:
-        with open(cache_dir() / "prebuild.lock", "rb") as lock:
-            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except FileNotFoundError:
-        return False
-    except BlockingIOError:
-        return True
-    return False
+
+    return lock_held(cache_dir() / "prebuild.lock")
 
 
 def _durations_path():

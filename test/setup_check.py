@@ -50,8 +50,13 @@ def venvs_being_built(suite):
 
 
 def venv_lock_held(link):
+    return lock_held(f"{os.path.realpath(link)}.lock")
+
+
+def lock_held(path):
+    """True while a process holds an exclusive flock on path."""
     try:
-        with open(f"{os.path.realpath(link)}.lock", "rb") as lock:
+        with open(path, "rb") as lock:
             fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except FileNotFoundError:
         return False
