@@ -217,9 +217,18 @@ def pristine(suite, python="python3", packages=(), prepare=None, cache=None):
     """The cached tree for this key, built first if absent (one builder at a
     time per key; a half-built tree is never used), in cache (default:
     cache_dir())."""
+    key = tree_key(suite, python, packages, prepare)
+    return cached(key, key.rsplit("-", 1)[0],
+                  lambda root: make_tree(root, suite, python, packages, prepare), cache)
+
+
+def cached(key, kind, make, cache=None):
+    """The tree named key in cache (default: cache_dir()), made by make(root)
+    first if absent, or expired and no session runs on it; one builder at a
+    time per key, a half-built tree never used, then older trees of its kind
+    pruned."""
     cache = cache or cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    key = tree_key(suite, python, packages, prepare)
     tree = cache / key
     with open(cache / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -227,10 +236,10 @@ def pristine(suite, python="python3", packages=(), prepare=None, cache=None):
         if not tree.is_dir() or (expired(tree) and not in_use(tree)):
             building = cache / f"{key}.building"
             shutil.rmtree(building, ignore_errors=True)
-            make_tree(building, suite, python, packages, prepare)
+            make(building)
             shutil.rmtree(tree, ignore_errors=True)
             building.rename(tree)
-            prune(cache, key.rsplit("-", 1)[0], keep=key)
+            prune(cache, kind, keep=key)
     return tree
 
 
@@ -245,7 +254,8 @@ def prune(cache, kind, keep):
     """Trees of this kind (suite, arch, packages, preparation) made from older
     inputs: nothing will use them again. Trees of other kinds stay."""
     for old in cache.glob(f"{kind}-*"):
-        if (old.name != keep and old.is_dir() and not old.name.endswith(".building")
+        # not a tree being built (.building) or its wheels (.building-wheels)
+        if (old.name != keep and old.is_dir() and ".building" not in old.name
                 and not in_use(old)):
             shutil.rmtree(old, ignore_errors=True)
             for lock in (".lock", ".use"):
@@ -317,7 +327,8 @@ def install_salt(chroot):
         # one tree per Python version builds what is missing, the others wait for it
         tag = chroot.run("/opt/salt/bin/python3", "-c",
                          "import sys; print(sys.implementation.cache_tag)").stdout.strip()
-        with locked(wheelhouse().with_name(f"{wheelhouse().name}-{tag}.lock")):
+        house = wheelhouse()
+        with locked(house.with_name(f"{house.name}-{tag}.lock")):
             shutil.rmtree(have)
             copy_wheels(have)  # with what another tree kept meanwhile
             if chroot.run(*offline, "--dry-run", check=False, timeout=1200).returncode != 0:

@@ -11,7 +11,6 @@ debian_chroot.prune() of a bookworm amd64 tree never takes it.
 """
 
 import concurrent.futures
-import fcntl
 import hashlib
 import inspect
 import json
@@ -21,8 +20,7 @@ import shutil
 import subprocess
 
 import debian_chroot
-from debian_chroot import (BASE_PACKAGES, MIRROR, REPO, Chroot, cache_dir, expired, in_use,
-                           salt_version, with_network)
+from debian_chroot import (BASE_PACKAGES, MIRROR, REPO, Chroot, salt_version, with_network)
 
 ARCH = "arm64"
 TREE_FORMAT = 2  # bump when make_tree() changes what a tree holds
@@ -81,31 +79,8 @@ def tree_key(suite, python, packages):
 def pristine(suite, python="python3", packages=()):
     """The cached arm64 tree for this key, built first if absent or expired
     (one builder at a time; a half-built tree is never used)."""
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    key = tree_key(suite, python, packages)
-    tree = cache / key
-    with open(cache / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        # an expired tree that a session runs on is used once more, not removed under it
-        if not tree.is_dir() or (expired(tree) and not in_use(tree)):
-            building = cache / f"{key}.building"
-            shutil.rmtree(building, ignore_errors=True)
-            make_tree(building, suite, python, packages)
-            shutil.rmtree(tree, ignore_errors=True)
-            building.rename(tree)
-            prune(cache, suite, keep=key)
-    return tree
-
-
-def prune(cache, suite, keep):
-    """arm64 trees of this suite made from older inputs."""
-    for old in cache.glob(f"pi-{suite}-{ARCH}-*"):
-        if (old.name != keep and old.is_dir() and ".building" not in old.name
-                and not in_use(old)):
-            shutil.rmtree(old, ignore_errors=True)
-            for lock in (".lock", ".use"):
-                old.with_name(old.name + lock).unlink(missing_ok=True)
+    return debian_chroot.cached(tree_key(suite, python, packages), f"pi-{suite}-{ARCH}",
+                                lambda root: make_tree(root, suite, python, packages))
 
 
 # A Pi owner's tree needs no compiler here, nor Python's headers: the one C
