@@ -35,9 +35,26 @@ def pytest_collection_modifyitems(session, config, items):
         relative = pathlib.Path(str(item.path)).resolve().relative_to(TEST_DIR)
         if len(relative.parts) > 1:
             suites.add(relative.parts[0])
-    problem = missing_prerequisite(suites, suite_commands(PREREQUISITES.read_text()))
+    problem = (outside_test_host(suites)
+               or missing_prerequisite(suites, suite_commands(PREREQUISITES.read_text())))
     if problem:
         pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+# Suites that drive "the host's" Postfix (/etc/postfix, the queue: some delete
+# every queued message): only in a private test host, which scripts/test-host
+# marks with TEST_HOST_MACHINE_NET.
+HOST_POSTFIX_SUITES = ("integration", "fleet", "compat", "isolation")
+
+
+def outside_test_host(suites):
+    """One line when a collected suite would drive this machine's own Postfix."""
+    if os.environ.get("TEST_HOST_MACHINE_NET"):
+        return None
+    for suite in sorted(set(suites) & set(HOST_POSTFIX_SUITES)):
+        return (f"test/{suite} drives Postfix and deletes queued mail: run it in a private "
+                f"test host (./run-tests, or scripts/test-host .venv/bin/pytest test/{suite})")
+    return None
 
 
 # Suites whose tests wait for a Debian tree (debian_chroot.pristine): minutes

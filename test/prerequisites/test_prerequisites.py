@@ -6,6 +6,7 @@ command is hidden for real: /dev/null (not executable) bind-mounted over it in
 a private mount namespace, so this machine keeps it.
 """
 
+import os
 import shutil
 import subprocess
 
@@ -54,3 +55,17 @@ def test_a_suite_needing_nothing_listed_is_not_stopped():
     needs = suite_commands("foo  tests  other  no-such-command-4711\n")
     assert missing_prerequisite({"unit"}, needs) is None
     assert "'no-such-command-4711' (Debian package foo)" in missing_prerequisite({"other"}, needs)
+
+
+def test_suites_that_drive_postfix_stop_outside_a_test_host():
+    """Bare pytest on this machine: one line, before anything touches its
+    Postfix or queue (collect-only: a broken check would only list tests)."""
+    env = {k: v for k, v in os.environ.items() if k != "TEST_HOST_MACHINE_NET"}
+    res = subprocess.run([str(REPO / ".venv/bin/pytest"), "-p", "no:cacheprovider",
+                          "--collect-only", "-q", "test/integration/test_secrets.py"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = res.stdout + res.stderr
+    assert res.returncode == pytest.ExitCode.USAGE_ERROR, out[-3000:]
+    assert "test/integration drives Postfix and deletes queued mail: run it in a private " \
+           "test host" in out
+    assert "Traceback" not in out and len(out.splitlines()) < 10, out[-3000:]
